@@ -1,0 +1,1 @@
+"""recopt: reproducible offline tuning and evaluation of a hybrid movie recommender."""

@@ -1,0 +1,292 @@
+"""Two-stage candidate pools with their alpha-independent component scores.
+
+For every user with test interactions, in batches of users (each batch a pure
+function of the config, the shared arrays and its user range):
+
+1. CF seeds: the top `n_cf_seed` unseen items by u.v among items with a CF
+   factor (faiss exact inner-product search). Users without a CF factor get a
+   content-profile retrieval instead: top `n_cf_seed` unseen items by cosine
+   to their profile (the rating-weighted mean embedding of liked train items).
+2. Content expansion: the `k_neighbours` nearest content neighbours of each of
+   the user's `m_recent` most recent liked train items (rating >= the
+   relevance threshold; users with no liked item use their most recent items).
+3. Union, seen items removed, hard filters with bounded relaxation and a
+   popularity backfill (recopt.filters), capped at `c_max` by priority:
+   seeds in score order first, then neighbours by similarity (quantised to
+   1e-3, ties by item index), then backfill by popularity.
+4. Component scores: collab = u.v (NaN when user or item has no factor),
+   content = cosine(profile, item) (NaN when either has no content).
+
+Source flags: 1 CF seed, 2 content neighbour, 4 profile retrieval, 8 backfill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from recopt import features
+from recopt.assembly import HybridInputs
+from recopt.config import CandidatesConfig
+from recopt.filters import first_n_per_row, relax_filters
+from recopt.kernels import pair_dots
+
+SOURCE_CF, SOURCE_CONTENT, SOURCE_PROFILE, SOURCE_BACKFILL = 1, 2, 4, 8
+SOURCES = {"cf": SOURCE_CF, "content": SOURCE_CONTENT, "profile": SOURCE_PROFILE, "backfill": SOURCE_BACKFILL}
+_SIM_LEVELS = 2001  # neighbour similarity in [-1, 1] quantised to 1e-3
+
+
+@dataclass(frozen=True)
+class Context:
+    """Arrays every batch reads (built once from train data and the hybrid inputs)."""
+
+    inputs: HybridInputs
+    seen: sp.csr_matrix            # users x items, train interactions
+    liked: sp.csr_matrix           # users x items, profile weights
+    anchors: sp.csr_matrix         # users x items, the m most recent liked items
+    neighbours: NDArray[np.int32]  # items x k, -1 where not computed / none
+    neighbour_sims: NDArray[np.float32]
+    cf_index: faiss.Index
+    cf_items: NDArray[np.int64]
+    content_index: faiss.Index
+    content_items: NDArray[np.int64]
+    hard_item: NDArray[np.bool_]   # not blocklisted and scorable by some component
+    soft_item: dict[str, NDArray[np.bool_]]
+    item_bits: NDArray[np.uint64]
+    user_bits: NDArray[np.uint64]
+    use_user_providers: bool
+    popular: NDArray[np.int32]     # items by train count, descending (hard-passing only)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of pools, rows grouped by user and in priority order."""
+
+    user: NDArray[np.int32]
+    item: NDArray[np.int32]
+    collab: NDArray[np.float32]
+    content: NDArray[np.float32]
+    provider: NDArray[np.float32]
+    source: NDArray[np.uint8]
+    step: NDArray[np.int16]        # per batch user: relaxation step taken
+
+
+def _flat_index(vectors: NDArray[np.float32], mask: NDArray[np.bool_]) -> tuple[faiss.Index, NDArray[np.int64]]:
+    items = np.flatnonzero(mask).astype(np.int64)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    if len(items):
+        index.add(np.ascontiguousarray(vectors[items], dtype=np.float32))
+    return index, items
+
+
+def user_item_matrix(df: pl.DataFrame, user_ids: NDArray, item_ids: NDArray,
+                     weights: NDArray | None = None) -> sp.csr_matrix:
+    """CSR users x items from a frame with userId, movieId (ids mapped by searchsorted)."""
+    rows = np.searchsorted(user_ids, df["userId"].to_numpy())
+    cols = np.searchsorted(item_ids, df["movieId"].to_numpy())
+    data = np.ones(len(rows), dtype=np.float32) if weights is None else weights.astype(np.float32)
+    m = sp.csr_matrix((data, (rows, cols)), shape=(len(user_ids), len(item_ids)))
+    m.sum_duplicates()
+    m.sort_indices()
+    return m
+
+
+def _liked_and_anchors(train: pl.DataFrame, user_ids: NDArray, item_ids: NDArray, threshold: float,
+                       m_recent: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Profile weights (rating - threshold + 1 on liked items; 1 on all items for users
+    with no liked item) and the m most recent liked (else most recent) items."""
+    has_liked = train.group_by("userId").agg(any_liked=(pl.col("rating") >= threshold).any())
+    basis = (train.join(has_liked, on="userId")
+             .filter((pl.col("rating") >= threshold) | ~pl.col("any_liked"))
+             .with_columns(w=pl.when(pl.col("any_liked")).then(pl.col("rating") - threshold + 1.0)
+                           .otherwise(1.0)))
+    liked = user_item_matrix(basis, user_ids, item_ids, basis["w"].to_numpy())
+    recent = basis.sort(["userId", "timestamp", "movieId"]).group_by("userId", maintain_order=True).tail(m_recent)
+    anchors = user_item_matrix(recent, user_ids, item_ids)
+    return liked, anchors
+
+
+def _neighbour_table(ctx_index: faiss.Index, content_items: NDArray[np.int64], embeddings: NDArray[np.float32],
+                     anchor_items: NDArray[np.int64], k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+    """k nearest content neighbours (self excluded) of each anchor item, catalog-indexed."""
+    n_items = len(embeddings)
+    nb = np.full((n_items, k), -1, dtype=np.int32)
+    sims = np.zeros((n_items, k), dtype=np.float32)
+    if not len(anchor_items) or ctx_index.ntotal == 0:
+        return nb, sims
+    kk = min(k + 1, ctx_index.ntotal)
+    for start in range(0, len(anchor_items), 8192):
+        a = anchor_items[start:start + 8192]
+        D, I = ctx_index.search(np.ascontiguousarray(embeddings[a]), kk)
+        items = np.where(I >= 0, content_items[np.maximum(I, 0)], -1)
+        not_self = (items != a[:, None]) & (items >= 0)
+        order = np.argsort(~not_self, axis=1, kind="stable")[:, :k]
+        got = np.take_along_axis(not_self, order, axis=1)
+        nb[a, :order.shape[1]] = np.where(got, np.take_along_axis(items, order, axis=1), -1)
+        sims[a, :order.shape[1]] = np.where(got, np.take_along_axis(D, order, axis=1), 0.0)
+    return nb, sims
+
+
+def build_context(inputs: HybridInputs, train: pl.DataFrame, movies: pl.DataFrame,
+                  providers: pl.DataFrame, user_providers: pl.DataFrame, eval_users: NDArray[np.int64],
+                  cfg: CandidatesConfig, threshold: float) -> Context:
+    """Everything the batches share; nothing here reads the test split."""
+    item_ids, user_ids = inputs.item_ids, inputs.user_ids
+    seen = user_item_matrix(train, user_ids, item_ids)
+    liked, anchors = _liked_and_anchors(train, user_ids, item_ids, threshold, cfg.m_recent)
+    cf_index, cf_items = _flat_index(inputs.item_factors, inputs.item_has_cf)
+    content_index, content_items = _flat_index(inputs.embeddings, inputs.has_content)
+    anchor_items = np.unique(anchors[eval_users].indices).astype(np.int64)
+    neighbours, sims = _neighbour_table(content_index, content_items, inputs.embeddings, anchor_items,
+                                        cfg.k_neighbours)
+    f = cfg.filters
+    hard = (inputs.has_content | inputs.item_has_cf) & ~np.isin(item_ids, np.asarray(f.blocklist, dtype=np.int64))
+    names = sorted(set(providers["provider"].to_list()) | set(user_providers["provider"].to_list()))
+    item_bits = features.provider_bits(providers, "movieId", item_ids, names)
+    user_bits = features.provider_bits(user_providers, "userId", user_ids, names)
+    soft: dict[str, NDArray[np.bool_]] = {}
+    if f.genres:
+        wanted = set(f.genres)
+        soft["genres"] = np.array([bool(wanted.intersection(g)) for g in movies["genres"].to_list()])
+    if f.providers:
+        soft["providers"] = features.any_provider(item_bits, f.providers, names)
+    pop = features.popularity(train, item_ids)
+    order = np.argsort(-pop, kind="stable").astype(np.int32)
+    return Context(inputs=inputs, seen=seen, liked=liked, anchors=anchors, neighbours=neighbours,
+                   neighbour_sims=sims, cf_index=cf_index, cf_items=cf_items, content_index=content_index,
+                   content_items=content_items, hard_item=hard, soft_item=soft, item_bits=item_bits,
+                   user_bits=user_bits, use_user_providers=f.user_providers, popular=order[hard[order]])
+
+
+def _isin_sorted(keys: NDArray[np.int64], sorted_keys: NDArray[np.int64]) -> NDArray[np.bool_]:
+    if not len(sorted_keys):
+        return np.zeros(keys.shape, dtype=np.bool_)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[pos] == keys
+
+
+def _row_keys(m: sp.csr_matrix, n_items: int) -> NDArray[np.int64]:
+    """Sorted keys row * n_items + col of a CSR with sorted indices."""
+    rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+    return rows * n_items + m.indices.astype(np.int64)
+
+
+def _top_unseen(index: faiss.Index, index_items: NDArray[np.int64], queries: NDArray[np.float32],
+                rows: NDArray[np.int64], n: int, n_seen: NDArray[np.int64], seen_keys: NDArray[np.int64],
+                n_items: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Top-n unseen items per query: (rows, items, rank). Queries are grouped by how
+    many results they must fetch (n + seen, rounded up to a power of two)."""
+    if not len(rows) or index.ntotal == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, e
+    need = np.minimum(2 ** np.ceil(np.log2(n + n_seen + 1)).astype(np.int64), index.ntotal)
+    out_r, out_i, out_rank = [], [], []
+    for kb in np.unique(need):
+        sel = np.flatnonzero(need == kb)
+        _, I = index.search(np.ascontiguousarray(queries[sel], dtype=np.float32), int(kb))
+        items = np.where(I >= 0, index_items[np.maximum(I, 0)], -1)
+        ok = (I >= 0) & ~_isin_sorted(rows[sel, None] * n_items + items, seen_keys)
+        order = np.argsort(~ok, axis=1, kind="stable")[:, :n]
+        keep = np.take_along_axis(ok, order, axis=1)
+        rr = np.broadcast_to(rows[sel, None], order.shape)
+        rank = np.broadcast_to(np.arange(order.shape[1]), order.shape)
+        out_r.append(rr[keep])
+        out_i.append(np.take_along_axis(items, order, axis=1)[keep])
+        out_rank.append(rank[keep])
+    return np.concatenate(out_r), np.concatenate(out_i), np.concatenate(out_rank)
+
+
+def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -> Batch:
+    """Candidate pools of `users` (user indexes), a pure function of its arguments."""
+    inp = ctx.inputs
+    n_items, B = len(inp.item_ids), len(users)
+    seen_b = ctx.seen[users]
+    seen_keys = _row_keys(seen_b, n_items)
+    n_seen = np.diff(seen_b.indptr).astype(np.int64)
+    profiles = np.asarray(ctx.liked[users] @ inp.embeddings, dtype=np.float32)
+    norms = np.linalg.norm(profiles, axis=1)
+    has_profile = norms > 1e-9
+    profiles[has_profile] /= norms[has_profile, None]
+    has_cf = inp.user_has_cf[users]
+    local = np.arange(B, dtype=np.int64)
+
+    r_cf, i_cf, p_cf = _top_unseen(ctx.cf_index, ctx.cf_items, inp.user_factors[users[has_cf]], local[has_cf],
+                                   cfg.n_cf_seed, n_seen[has_cf], seen_keys, n_items)
+    cold = ~has_cf & has_profile
+    r_pr, i_pr, p_pr = _top_unseen(ctx.content_index, ctx.content_items, profiles[cold], local[cold],
+                                   cfg.n_cf_seed, n_seen[cold], seen_keys, n_items)
+    anc = ctx.anchors[users].tocoo()
+    nb = ctx.neighbours[anc.col]
+    r_ct = np.repeat(anc.row.astype(np.int64), nb.shape[1])
+    i_ct = nb.ravel().astype(np.int64)
+    p_ct = cfg.n_cf_seed + np.rint((1.0 - ctx.neighbour_sims[anc.col].ravel()) * 1000).astype(np.int64)
+    valid = i_ct >= 0
+    r_ct, i_ct, p_ct = r_ct[valid], i_ct[valid], p_ct[valid]
+
+    rows = np.concatenate([r_cf, r_pr, r_ct])
+    items = np.concatenate([i_cf, i_pr, i_ct])
+    prio = np.concatenate([p_cf, p_pr, p_ct])
+    src = np.concatenate([np.full(len(r_cf), SOURCE_CF), np.full(len(r_pr), SOURCE_PROFILE),
+                          np.full(len(r_ct), SOURCE_CONTENT)]).astype(np.uint8)
+    pair = rows * n_items + items
+    fresh = ~_isin_sorted(pair, seen_keys)
+    rows, items, prio, src, pair = rows[fresh], items[fresh], prio[fresh], src[fresh], pair[fresh]
+
+    # dedupe (user, item): best priority, union of sources
+    order = np.lexsort((prio, pair))
+    pair, rows, items, prio, src = pair[order], rows[order], items[order], prio[order], src[order]
+    starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1]))) if len(pair) else np.zeros(0, int)
+    src = np.bitwise_or.reduceat(src, starts) if len(starts) else src
+    rows, items, prio = rows[starts], items[starts], prio[starts]
+
+    hard = ctx.hard_item[items]
+    active = [*ctx.soft_item, *(["user_providers"] if ctx.use_user_providers else [])]
+    soft = {name: soft_mask(ctx, name, users, rows, items) for name in active}
+    relax = relax_filters(rows, B, hard, soft, cfg.relax_order, cfg.min_pool)
+    rows, items, prio, src = rows[relax.keep], items[relax.keep], prio[relax.keep], src[relax.keep]
+
+    short = np.maximum(cfg.min_pool - np.bincount(rows, minlength=B), 0)
+    backfill_users = np.flatnonzero((relax.step == len(relax.labels) - 1) & (short > 0))
+    if len(backfill_users) and len(ctx.popular):
+        t = int(min(len(ctx.popular), cfg.min_pool + n_seen[backfill_users].max() + cfg.c_max))
+        br = np.repeat(backfill_users.astype(np.int64), t)
+        bi = np.tile(ctx.popular[:t].astype(np.int64), len(backfill_users))
+        ok = ~_isin_sorted(br * n_items + bi, seen_keys) & ~_isin_sorted(br * n_items + bi, np.sort(rows * n_items + items))
+        for name, still in relax.backfill_pass.items():
+            if still:
+                ok &= soft_mask(ctx, name, users, br, bi)
+        br, bi = br[ok], bi[ok]
+        take = first_n_per_row(br, short)
+        rows = np.concatenate([rows, br[take]])
+        items = np.concatenate([items, bi[take]])
+        base = cfg.n_cf_seed + _SIM_LEVELS
+        prio = np.concatenate([prio, base + np.flatnonzero(take) - np.searchsorted(br, br[take])])
+        src = np.concatenate([src, np.full(int(take.sum()), SOURCE_BACKFILL, dtype=np.uint8)])
+
+    order = np.lexsort((items, prio, rows))
+    rows, items, src = rows[order], items[order], src[order]
+    cap = first_n_per_row(rows, np.full(B, cfg.c_max, dtype=np.int64))
+    rows, items, src = rows[cap], items[cap], src[cap]
+
+    u = users[rows]
+    i32 = items.astype(np.int32)
+    collab = pair_dots(inp.user_factors, inp.item_factors, u.astype(np.int32), i32)
+    collab[~(inp.user_has_cf[u] & inp.item_has_cf[items])] = np.nan
+    content = pair_dots(profiles, inp.embeddings, rows.astype(np.int32), i32)
+    content[~(has_profile[rows] & inp.has_content[items])] = np.nan
+    provider = features.provider_match(ctx.user_bits, ctx.item_bits, u, items).astype(np.float32)
+    return Batch(user=u.astype(np.int32), item=i32, collab=collab, content=content, provider=provider,
+                 source=src, step=relax.step)
+
+
+def soft_mask(ctx: Context, name: str, users: NDArray[np.int64], rows: NDArray[np.int64],
+              items: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Pass mask of soft filter `name` for batch pairs (rows, items)."""
+    if name == "user_providers":
+        return features.provider_match(ctx.user_bits, ctx.item_bits, users[rows], items)
+    return ctx.soft_item[name][items]

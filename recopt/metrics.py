@@ -1,0 +1,298 @@
+"""Ranking and beyond-accuracy metrics over padded top-K arrays, vectorised over users.
+
+Every list metric reads ``hits`` (bool, shape (n_users, L)) built by :func:`mark_hits`
+from ``ranked`` (int32, shape (n_users, L), each row a user's catalog indices in rank
+order, padded at the end with -1). Rows are assumed duplicate-free (the re-ranker
+guarantees it). Conventions shared by all metrics:
+
+* ``k`` must be an integer >= 1. A cutoff beyond the list length L is the list
+  truncated at L: ranks past L hold nothing and never hit, but denominators that
+  involve ``k`` (precision's k, AP's and NDCG's min(k, |relevant|)) keep using ``k``.
+* A user with 0 relevant items or an all-padding row scores 0.0, never NaN; 0 users
+  give empty arrays (and 0.0 for the catalog-level coverage and novelty).
+* Per-user metrics return float64 arrays of shape (n_users,); CSV labels look like
+  ``recall@10``, MLflow keys like ``recall_at_10`` (see :func:`mlflow_key`).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+PADDING = -1
+# Bounds the (users x d) embedding sums in diversity_at_k and the (samples x users)
+# index block in paired_bootstrap; 64 MiB keeps both far below RAM at 200k users.
+_CHUNK_BYTES = 64 * 2**20
+
+FloatArray = NDArray[np.float64]
+
+
+def _check_k(k: int) -> int:
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}") from None
+    if k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k}")
+    return k
+
+
+def _top(hits: NDArray[np.bool_], k: int) -> NDArray[np.bool_]:
+    hits = np.asarray(hits, dtype=bool)
+    if hits.ndim != 2:
+        raise ValueError(f"hits must be 2-D (n_users, L), got shape {hits.shape}")
+    return hits[:, : _check_k(k)]
+
+
+def _relevant_counts(n_relevant: NDArray[np.int64], n_users: int) -> NDArray[np.int64]:
+    n_relevant = np.asarray(n_relevant)
+    if n_relevant.shape != (n_users,):
+        raise ValueError(f"n_relevant must have shape ({n_users},), got {n_relevant.shape}")
+    if n_users and n_relevant.min() < 0:
+        raise ValueError("n_relevant must be >= 0 for every user")
+    return n_relevant.astype(np.int64, copy=False)
+
+
+def _safe_divide(num: NDArray, den: NDArray) -> FloatArray:
+    """num / den, 0.0 where den == 0 (the users with nothing relevant)."""
+    out = np.zeros(np.broadcast(num, den).shape, dtype=np.float64)
+    return np.divide(num, den, out=out, where=den > 0)
+
+
+def _top_items(ranked: NDArray[np.int32], n_items: int, k: int | None) -> NDArray[np.int32]:
+    """ranked truncated at k (whole list if None), its ids checked against the catalog."""
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2:
+        raise ValueError(f"ranked must be 2-D (n_users, L), got shape {ranked.shape}")
+    top = ranked if k is None else ranked[:, : _check_k(k)]
+    if top.size and (top.min() < PADDING or top.max() >= n_items):
+        raise ValueError(f"ranked holds ids outside [0, {n_items}) other than -1 padding")
+    return top
+
+
+def mark_hits(ranked: NDArray[np.int32], relevant: sp.csr_matrix) -> NDArray[np.bool_]:
+    """Bool (n_users, L): True where ``ranked[u, r]`` is a relevant item of user u.
+
+    ``relevant`` is (n_users, n_items), any stored nonzero = relevant; -1 padding
+    never hits. Pairs are encoded as int64 keys ``u * n_items + i`` and looked up by
+    binary search in the sorted keys of the relevant pairs.
+    """
+    n_users, n_items = relevant.shape
+    ranked = _top_items(ranked, n_items, None)
+    if ranked.shape[0] != n_users:
+        raise ValueError(f"ranked must have shape ({n_users}, L), got {ranked.shape}")
+    rows, cols = relevant.nonzero()
+    keys = np.sort(rows.astype(np.int64) * n_items + cols)
+    if keys.size == 0:
+        return np.zeros(ranked.shape, dtype=bool)
+    query = np.arange(n_users, dtype=np.int64)[:, None] * n_items + ranked
+    pos = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    return (keys[pos] == query) & (ranked != PADDING)
+
+
+def recall_at_k(hits: NDArray[np.bool_], n_relevant: NDArray[np.int64], k: int) -> FloatArray:
+    """recall@k: hits in the top k / |relevant|, per user in [0, 1]."""
+    top = _top(hits, k)
+    return _safe_divide(top.sum(axis=1), _relevant_counts(n_relevant, top.shape[0]))
+
+
+def precision_at_k(hits: NDArray[np.bool_], k: int) -> FloatArray:
+    """precision@k: hits in the top k / k, per user in [0, 1] (a short list still divides by k)."""
+    return _top(hits, k).sum(axis=1) / float(k)
+
+
+def average_precision_at_k(
+    hits: NDArray[np.bool_], n_relevant: NDArray[np.int64], k: int
+) -> FloatArray:
+    """ap@k (its mean is map@k): sum_{r<=k} P@r * rel_r / min(k, |relevant|), in [0, 1]."""
+    top = _top(hits, k)
+    ranks = np.arange(1, top.shape[1] + 1, dtype=np.float64)
+    precision_at_hit = np.where(top, np.cumsum(top, axis=1) / ranks, 0.0)
+    cap = np.minimum(_relevant_counts(n_relevant, top.shape[0]), k)
+    return _safe_divide(precision_at_hit.sum(axis=1), cap)
+
+
+def ndcg_at_k(hits: NDArray[np.bool_], n_relevant: NDArray[np.int64], k: int) -> FloatArray:
+    """ndcg@k: binary gain, 1/log2(rank + 1) discount, ideal DCG over min(k, |relevant|).
+
+    In [0, 1]; a list shorter than min(k, |relevant|) cannot reach 1.
+    """
+    top = _top(hits, k)
+    n_ideal = np.minimum(_relevant_counts(n_relevant, top.shape[0]), k)
+    longest = max(top.shape[1], int(n_ideal.max(initial=0)))
+    discount = 1.0 / np.log2(np.arange(2, longest + 2, dtype=np.float64))
+    dcg = top @ discount[: top.shape[1]]
+    ideal = np.concatenate(([0.0], np.cumsum(discount)))[n_ideal]
+    return _safe_divide(dcg, ideal)
+
+
+def reciprocal_rank(hits: NDArray[np.bool_], k: int | None = None) -> FloatArray:
+    """mrr@k per user: 1 / rank of the first hit in the top k (whole list if k is None), else 0."""
+    if k is None:
+        k = max(np.shape(hits)[-1], 1) if np.ndim(hits) == 2 else 1
+    top = _top(hits, k)
+    if top.shape[1] == 0:  # argmax refuses an empty axis
+        return np.zeros(top.shape[0], dtype=np.float64)
+    return np.where(top.any(axis=1), 1.0 / (top.argmax(axis=1) + 1.0), 0.0)
+
+
+def hit_rate_at_k(hits: NDArray[np.bool_], k: int) -> FloatArray:
+    """hit_rate@k per user: 1.0 if any of the top k is relevant, else 0.0."""
+    return _top(hits, k).any(axis=1).astype(np.float64)
+
+
+def coverage_at_k(ranked: NDArray[np.int32], n_items: int, k: int) -> float:
+    """coverage@k: distinct items across all top-k lists / n_items, in [0, 1]; 0.0 for no users."""
+    if n_items < 1:
+        raise ValueError(f"n_items must be >= 1, got {n_items}")
+    top = _top_items(ranked, n_items, k)
+    shown = np.zeros(n_items, dtype=bool)
+    shown[top[top != PADDING]] = True
+    return float(shown.sum() / n_items)
+
+
+def novelty_at_k(ranked: NDArray[np.int32], popularity_share: NDArray[np.float64], k: int) -> float:
+    """novelty@k in bits: mean of -log2(train popularity share) over every recommended item.
+
+    ``popularity_share`` (n_items,) is each item's share of train interactions. An item
+    never seen in train (share 0) counts as rare as the rarest seen item: its share is
+    floored at the smallest positive share (= 1/n_train_interactions whenever some item
+    was seen once). Averaged over all non-padding (user, item) slots of the top-k lists,
+    so long lists weigh more; 0.0 when nothing is recommended.
+    """
+    share = np.asarray(popularity_share, dtype=np.float64)
+    if share.ndim != 1 or not np.all(np.isfinite(share)) or np.any(share < 0):
+        raise ValueError("popularity_share must be a 1-D array of finite shares >= 0")
+    if not np.any(share > 0):
+        raise ValueError("popularity_share has no positive entry: no train interactions")
+    top = _top_items(ranked, share.size, k)
+    items = top[top != PADDING]
+    if items.size == 0:
+        return 0.0
+    floored = np.maximum(share[items], share[share > 0].min())
+    return float(np.mean(-np.log2(floored)))
+
+
+def diversity_at_k(
+    ranked: NDArray[np.int32], embeddings: NDArray[np.float32], k: int
+) -> FloatArray:
+    """diversity@k per user: mean pairwise (1 - cosine) of the top-k item embeddings, in [0, 2].
+
+    ``embeddings`` (n_items, d) has L2-normalised rows, zero rows for items without
+    content; pairs involving such an item (or padding) are excluded. A user with fewer
+    than 2 content items in the top k gets 0.0. Uses sum_{i<j} e_i.e_j =
+    (|sum_i e_i|^2 - sum_i |e_i|^2) / 2, so a chunk of users costs one sparse (users x
+    items) @ (items x d) product, O(k d) per user instead of a k x k Gram matrix.
+    """
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be 2-D (n_items, d), got shape {emb.shape}")
+    top = _top_items(ranked, emb.shape[0], k)
+    sq_norm = np.einsum("ij,ij->i", emb, emb, dtype=np.float64)
+    keep = top != PADDING
+    keep[keep] = sq_norm[top[keep]] > 0
+    out = np.zeros(top.shape[0], dtype=np.float64)
+    chunk = max(1, _CHUNK_BYTES // (max(emb.shape[1], 1) * emb.itemsize))
+    for start in range(0, top.shape[0], chunk):  # chunks of users bound memory
+        block, mask = top[start : start + chunk], keep[start : start + chunk]
+        count = mask.sum(axis=1)
+        indptr = np.concatenate(([0], np.cumsum(count)))
+        members = sp.csr_matrix(
+            (np.ones(indptr[-1], emb.dtype), block[mask], indptr), shape=(len(block), len(emb))
+        )
+        total = members @ emb
+        norms = np.where(mask, sq_norm[block], 0.0).sum(axis=1)
+        pair_dot = (np.einsum("ij,ij->i", total, total, dtype=np.float64) - norms) / 2
+        n_pairs = count * (count - 1) / 2
+        out[start : start + chunk] = np.clip(_safe_divide(n_pairs - pair_dot, n_pairs), 0, 2)
+    return out
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Paired-bootstrap 95% percentile intervals for mean(a) - mean(b) and mean(a)/mean(b) - 1."""
+
+    diff: float
+    diff_lo: float
+    diff_hi: float
+    rel: float
+    rel_lo: float
+    rel_hi: float
+
+
+def _relative(mean_a: NDArray, mean_b: NDArray) -> NDArray[np.float64]:
+    """mean_a / mean_b - 1; when mean_b == 0: 0.0 if mean_a == 0, else +-inf (never NaN)."""
+    mean_a, mean_b = np.asarray(mean_a, dtype=np.float64), np.asarray(mean_b, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = mean_a / mean_b - 1.0
+    return np.where(mean_b != 0, rel, np.where(mean_a == 0, 0.0, np.copysign(np.inf, mean_a)))
+
+
+def paired_bootstrap(
+    a: NDArray[np.float64], b: NDArray[np.float64], n_samples: int, rng: np.random.Generator
+) -> BootstrapResult:
+    """Paired bootstrap over users of mean(a) - mean(b) (a, b per-user metrics, same users).
+
+    Each sample resamples users with replacement and applies the same indices to a and
+    b. Interval ends are the 2.5% ("lower") and 97.5% ("higher") order statistics, so
+    they never interpolate between infinities; ``rel`` follows :func:`_relative`'s rule.
+    Deterministic for a given ``rng`` state and input size (the chunking depends on
+    the number of users only).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise ValueError(
+            f"a and b must be non-empty 1-D arrays of equal shape, got {a.shape} and {b.shape}"
+        )
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("a and b must be finite (a NaN metric would poison every sample)")
+    n_samples = operator.index(n_samples)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    mean_a, mean_b = np.empty(n_samples), np.empty(n_samples)
+    chunk = max(1, _CHUNK_BYTES // (8 * a.size))
+    for start in range(0, n_samples, chunk):  # chunks of bootstrap samples
+        idx = rng.integers(0, a.size, size=(min(chunk, n_samples - start), a.size))
+        mean_a[start : start + len(idx)] = a[idx].mean(axis=1)
+        mean_b[start : start + len(idx)] = b[idx].mean(axis=1)
+    diffs, rels = mean_a - mean_b, _relative(mean_a, mean_b)
+    return BootstrapResult(
+        diff=float(a.mean() - b.mean()),
+        diff_lo=float(np.quantile(diffs, 0.025, method="lower")),
+        diff_hi=float(np.quantile(diffs, 0.975, method="higher")),
+        rel=float(_relative(a.mean(), b.mean())),
+        rel_lo=float(np.quantile(rels, 0.025, method="lower")),
+        rel_hi=float(np.quantile(rels, 0.975, method="higher")),
+    )
+
+
+def ranking_metrics(
+    hits: NDArray[np.bool_], n_relevant: NDArray[np.int64], ks: tuple[int, ...] | list[int]
+) -> dict[str, FloatArray]:
+    """Per-user accuracy metrics for each cutoff, keyed by label (``recall@10``, ``map@10``...).
+
+    Labels name the mean that :func:`summarise` turns them into (ap@k -> ``map@k``).
+    """
+    out: dict[str, FloatArray] = {}
+    for k in ks:  # a handful of cutoffs, each fully vectorised
+        out[f"recall@{k}"] = recall_at_k(hits, n_relevant, k)
+        out[f"precision@{k}"] = precision_at_k(hits, k)
+        out[f"map@{k}"] = average_precision_at_k(hits, n_relevant, k)
+        out[f"ndcg@{k}"] = ndcg_at_k(hits, n_relevant, k)
+        out[f"mrr@{k}"] = reciprocal_rank(hits, k)
+        out[f"hit_rate@{k}"] = hit_rate_at_k(hits, k)
+    return out
+
+
+def summarise(per_user: dict[str, NDArray]) -> dict[str, float]:
+    """Mean of each per-user metric over the users given; 0.0 for an empty array."""
+    return {name: float(np.mean(v)) if np.size(v) else 0.0 for name, v in per_user.items()}
+
+
+def mlflow_key(name: str) -> str:
+    """MLflow metric key for a label: ``recall@10`` -> ``recall_at_10`` (MLflow rejects '@')."""
+    return name.replace("@", "_at_")

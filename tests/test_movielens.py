@@ -1,0 +1,386 @@
+"""Tests for recopt.movielens: real data, every user-facing error, the rules, download."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import re
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from recopt.movielens import download_movielens, read_movielens
+from recopt.schemas import MOVIES, RATINGS, TAGS, DataError, empty_frame
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+if not REAL.is_dir():
+    REAL = Path("/work/shared/data/ml-latest-small")
+
+RATINGS_CSV = "userId,movieId,rating,timestamp\n1,1,4.0,100\n1,2,3.5,200\n2,1,5.0,300\n"
+MOVIES_CSV = "movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n2,Heat (1995),Action\n"
+
+
+def write(folder: Path, **files: str | bytes) -> Path:
+    """Write `name_ext=content` files (e.g. ratings_csv=...) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, content in files.items():
+        stem, ext = key.rsplit("_", 1)
+        path = folder / f"{stem}.{ext}"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return folder
+
+
+def small(tmp_path: Path, **files: str | bytes) -> Path:
+    return write(tmp_path / "ml", **{"ratings_csv": RATINGS_CSV, "movies_csv": MOVIES_CSV, **files})
+
+
+# --- real data -----------------------------------------------------------------
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"MovieLens ml-latest-small not found at {REAL}")
+def test_reads_ml_latest_small():
+    start = time.perf_counter()
+    data = read_movielens(REAL)
+    elapsed = time.perf_counter() - start
+    assert data.counts["n_ratings"] == 100_836
+    assert data.counts["n_users"] == 610
+    assert data.counts["n_movies"] == 9_742
+    assert data.counts["n_tags"] == 3_683
+    assert data.counts["duplicate_ratings"] == 0
+    assert data.counts["movies_added_from_ratings"] == data.counts["movies_added_from_tags"] == 0
+    assert data.ratings.schema == empty_frame(RATINGS).schema
+    assert data.movies.schema == empty_frame(MOVIES).schema
+    assert data.tags.schema == empty_frame(TAGS).schema
+    assert data.providers is None and data.user_providers is None
+    toy = data.movies.filter(pl.col("movieId") == 1).row(0, named=True)
+    assert toy["year"] == 1995 and toy["genres"][:2] == ["Adventure", "Animation"]
+    assert data.movies.filter(pl.col("title") == "Babylon 5")["year"].to_list() == [None]
+    assert elapsed < 5, f"reading ml-latest-small took {elapsed:.2f}s"
+
+
+# --- errors a user can hit -------------------------------------------------------
+
+def test_missing_required_file(tmp_path):
+    folder = write(tmp_path / "ml", ratings_csv=RATINGS_CSV)
+    with pytest.raises(DataError, match=r"movies\.csv: required file is missing — fix: .*"
+                                        r"ratings\.csv and movies\.csv"):
+        read_movielens(folder)
+
+
+def test_folder_without_movielens_files(tmp_path):
+    with pytest.raises(DataError, match="contains no MovieLens ratings file"):
+        read_movielens(tmp_path)
+    with pytest.raises(DataError, match="is not a folder"):
+        read_movielens(tmp_path / "nope")
+
+
+def test_parent_folder_points_to_the_release_inside(tmp_path):
+    small(tmp_path)
+    with pytest.raises(DataError, match=rf"fix: point to {re.escape(str(tmp_path / 'ml'))}$"):
+        read_movielens(tmp_path)
+
+
+def test_misnamed_column_suggests_the_rename(tmp_path):
+    folder = small(tmp_path, ratings_csv=RATINGS_CSV.replace("userId", "user_id"))
+    with pytest.raises(DataError, match=r"ratings\.csv: column 'userId': is missing .*"
+                                        r"fix: rename column 'user_id' to 'userId'"):
+        read_movielens(folder)
+
+
+def test_rating_out_of_range(tmp_path):
+    folder = small(tmp_path, ratings_csv=RATINGS_CSV.replace("3.5", "7.0"))
+    with pytest.raises(DataError, match=r"column 'rating': 1 value\(s\) outside \[0\.5, 5\.0\], "
+                                        r"e\.g\. 7\.0 \(line 3\)"):
+        read_movielens(folder)
+
+
+def test_null_movie_id(tmp_path):
+    folder = small(tmp_path, ratings_csv=RATINGS_CSV.replace("2,1,5.0", "2,,5.0"))
+    with pytest.raises(DataError, match=r"column 'movieId': 1 missing value\(s\) at line\(s\) 4"):
+        read_movielens(folder)
+
+
+def test_empty_ratings_file(tmp_path):
+    folder = small(tmp_path, ratings_csv="")
+    with pytest.raises(DataError, match=r"ratings\.csv: file is empty — fix: .*userId,movieId"):
+        read_movielens(folder)
+
+
+def test_header_only_ratings_file(tmp_path):
+    folder = small(tmp_path, ratings_csv="userId,movieId,rating,timestamp\n")
+    with pytest.raises(DataError, match=r"ratings\.csv: has no rows"):
+        read_movielens(folder)
+
+
+def test_non_numeric_rating(tmp_path):
+    folder = small(tmp_path, ratings_csv=RATINGS_CSV.replace("3.5", "high"))
+    with pytest.raises(DataError, match=r"column 'rating': 1 value\(s\) cannot be read as "
+                                        r"Float32, e\.g\. 'high' \(line 3\)"):
+        read_movielens(folder)
+
+
+def test_duplicate_movie_ids_in_catalog(tmp_path):
+    folder = small(tmp_path, movies_csv=MOVIES_CSV + "1,Toy Story again (1995),Comedy\n")
+    with pytest.raises(DataError, match=r"movies\.csv: column 'movieId': 2 row\(s\) share a key"):
+        read_movielens(folder)
+
+
+def test_all_problems_in_all_files_are_reported_together(tmp_path):
+    bad = "user_id,movieId,rating,timestamp\n1,1,9.0,100\n1,x,3.0,\n"
+    folder = write(tmp_path / "ml", ratings_csv=bad,
+                   tags_csv="userId,movieId,tag,timestamp\n1,1,fun,\n")
+    with pytest.raises(DataError) as info:
+        read_movielens(folder)
+    found = {(Path(p.file).name, p.column) for p in info.value.problems}
+    assert found == {
+        ("movies.csv", None), ("ratings.csv", "userId"), ("ratings.csv", "movieId"),
+        ("ratings.csv", "rating"), ("ratings.csv", "timestamp"), ("tags.csv", "timestamp"),
+    }
+    assert len(str(info.value).splitlines()) == len(info.value.problems)
+
+
+# --- documented rules ------------------------------------------------------------
+
+def test_duplicate_ratings_keep_the_latest(tmp_path):
+    ratings = ("userId,movieId,rating,timestamp\n"
+               "1,1,2.0,500\n"   # latest of (1, 1): kept
+               "1,1,3.0,100\n"   # superseded
+               "2,2,1.0,300\n"   # tie with the next row: the later row wins
+               "2,2,4.5,300\n"
+               "3,1,5.0,50\n")
+    data = read_movielens(small(tmp_path, ratings_csv=ratings))
+    assert data.counts["duplicate_ratings"] == 2
+    assert data.counts["n_ratings"] == 3
+    assert data.ratings.rows() == [(1, 1, 2.0, 500), (2, 2, 4.5, 300), (3, 1, 5.0, 50)]
+    assert data.superseded.rows() == [(1, 1, 3.0, 100), (2, 2, 1.0, 300)]
+    assert data.superseded.schema == empty_frame(RATINGS).schema
+
+
+def test_no_duplicates_gives_an_empty_superseded_frame(tmp_path):
+    data = read_movielens(small(tmp_path))
+    assert data.superseded.height == 0 and data.counts["duplicate_ratings"] == 0
+    assert data.superseded.schema == empty_frame(RATINGS).schema
+
+
+def test_movies_missing_from_the_catalog_are_added(tmp_path):
+    ratings = RATINGS_CSV + "3,99,4.0,400\n3,98,4.0,400\n"
+    tags = "userId,movieId,tag,timestamp\n1,77,dark,10\n1,99,odd,11\n1,1,\"pixar, fun\",12\n"
+    data = read_movielens(small(tmp_path, ratings_csv=ratings, tags_csv=tags))
+    assert data.counts["movies_added_from_ratings"] == 2
+    assert data.counts["movies_added_from_tags"] == 1
+    assert data.counts["n_movies"] == 5
+    assert data.counts["n_ratings"] == 5 and data.counts["n_tags"] == 3
+    added = data.movies.filter(pl.col("movieId").is_in([77, 98, 99])).sort("movieId")
+    assert added.rows() == [(77, "", None, []), (98, "", None, []), (99, "", None, [])]
+    assert data.tags["tag"].to_list() == ["dark", "odd", "pixar, fun"]
+    assert data.movies.schema == empty_frame(MOVIES).schema
+
+
+@pytest.mark.parametrize(
+    ("title", "year"),
+    [
+        ("Toy Story (1995)", 1995),
+        ("Runaway Brain (1995) ", 1995),
+        ("Babylon 5", None),
+        ("(500) Days of Summer (2009)", 2009),
+        ("1984 (1956)", 1956),
+        ("Death Note: Desu nôto (2006–2007)", 2006),
+        ("Big Bang Theory, The (2007-)", 2007),
+        ("City of Lost Children, The (Cité des enfants perdus, La) (1995)", 1995),
+        ("Ready Player One", None),
+        ("Apollo 13 (1995) extended", None),
+        ("Short (95)", None),
+    ],
+)
+def test_year_parsing(tmp_path, title, year):
+    quoted = '"' + title.replace('"', '""') + '"'
+    folder = small(tmp_path, movies_csv=f"movieId,title,genres\n1,{quoted},Drama\n2,Heat (1995),Action\n")
+    movie = read_movielens(folder).movies.row(0, named=True)
+    assert movie["title"] == title and movie["year"] == year
+
+
+def test_no_genres_listed_is_an_empty_list(tmp_path):
+    movies = "movieId,title,genres\n1,A (2000),(no genres listed)\n2,B (2001),Action|Sci-Fi\n"
+    data = read_movielens(small(tmp_path, movies_csv=movies))
+    assert data.movies["genres"].to_list() == [[], ["Action", "Sci-Fi"]]
+
+
+def test_optional_provider_files(tmp_path):
+    data = read_movielens(small(
+        tmp_path,
+        providers_csv="movieId,provider\n1,netflix\n2,hulu\n",
+        user_providers_csv="userId,provider\n1,netflix\n",
+    ))
+    assert data.providers.rows() == [(1, "netflix"), (2, "hulu")]
+    assert data.user_providers.schema == pl.Schema({"userId": pl.Int32, "provider": pl.String})
+
+
+def test_links_csv_is_ignored(tmp_path):
+    data = read_movielens(small(tmp_path, links_csv="garbage\x00,,\n"))
+    assert data.counts["n_ratings"] == 3
+
+
+# --- the '::' layout ----------------------------------------------------------------
+
+def ml1m_folder(tmp_path: Path) -> Path:
+    movies = ("1::Toy Story (1995)::Animation|Children's|Comedy\n"
+              "2::Cité des enfants perdus, La (1995)::Adventure|Sci-Fi\n"
+              "3::\"Bound\" (1996)::Thriller\n")
+    ratings = "1::1::5::978300760\n1::2::3::978302109\n2::3::4::978301968\n2::1::4::978300275\n"
+    return write(tmp_path / "ml-1m", movies_dat=movies.encode("latin-1"),
+                 ratings_dat=ratings, tags_dat="1::3::noir::978300000\n")
+
+
+def test_reads_the_double_colon_layout(tmp_path):
+    data = read_movielens(ml1m_folder(tmp_path))
+    assert data.counts == {
+        "n_ratings": 4, "n_users": 2, "n_movies": 3, "n_tags": 1, "duplicate_ratings": 0,
+        "movies_added_from_ratings": 0, "movies_added_from_tags": 0,
+    }
+    assert data.movies.rows() == [
+        (1, "Toy Story (1995)", 1995, ["Animation", "Children's", "Comedy"]),
+        (2, "Cité des enfants perdus, La (1995)", 1995, ["Adventure", "Sci-Fi"]),
+        (3, "\"Bound\" (1996)", 1996, ["Thriller"]),
+    ]
+    assert data.ratings.schema == empty_frame(RATINGS).schema
+    assert data.ratings["rating"].to_list() == [5.0, 3.0, 4.0, 4.0]
+    assert data.tags.rows() == [(1, 3, "noir", 978300000)]
+
+
+def test_double_colon_layout_reports_bad_values_with_lines(tmp_path):
+    folder = ml1m_folder(tmp_path)
+    (folder / "ratings.dat").write_text("1::1::5::978300760\n1::2::9::978302109\n2::x::4::1\n")
+    with pytest.raises(DataError) as info:
+        read_movielens(folder)
+    text = str(info.value)
+    assert "ratings.dat: column 'rating': 1 value(s) outside [0.5, 5.0], e.g. 9.0 (line 2)" in text
+    assert "column 'movieId': 1 value(s) cannot be read as Int32, e.g. 'x' (line 3)" in text
+
+
+def test_double_colon_layout_missing_movies(tmp_path):
+    folder = write(tmp_path / "ml-10m", ratings_dat="1::1::5::978300760\n")
+    with pytest.raises(DataError, match=r"movies\.dat: required file is missing .*ratings\.dat"):
+        read_movielens(folder)
+
+
+# --- download ---------------------------------------------------------------------
+
+def make_zip(release: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr(f"{release}/ratings.csv", RATINGS_CSV)
+        zf.writestr(f"{release}/movies.csv", MOVIES_CSV)
+        zf.writestr(f"{release}/README.txt", "test release")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server over a folder; yields (base url, folder)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=root))
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def publish(root: Path, name: str, payload: bytes, md5: str | None = None) -> None:
+    (root / f"{name}.zip").write_bytes(payload)
+    digest = md5 or hashlib.md5(payload).hexdigest()
+    (root / f"{name}.zip.md5").write_text(f"{digest}  {name}.zip\n")
+
+
+def leftovers(dest: Path) -> list[str]:
+    """Everything in dest and in its parent that looks like our temporary folders."""
+    inside = sorted(p.name for p in dest.iterdir()) if dest.exists() else []
+    temps = sorted(p.name for p in dest.parent.glob(".ml-*"))
+    return inside + temps
+
+
+def test_download_verifies_extracts_and_reads(server, tmp_path):
+    url, root = server
+    publish(root, "ml-tiny", make_zip("ml-tiny"))
+    dest = tmp_path / "raw"
+    folder = download_movielens("ml-tiny", dest, f"{url}/ml-tiny.zip")
+    assert folder == dest / "ml-tiny"
+    assert (folder / ".complete").is_file() and (folder / "ratings.csv").is_file()
+    assert read_movielens(folder).counts["n_ratings"] == 3
+    assert leftovers(dest) == ["ml-tiny"]
+    # Complete already: no request is made (the published file is gone).
+    (root / "ml-tiny.zip").unlink()
+    assert download_movielens("ml-tiny", dest, f"{url}/ml-tiny.zip") == folder
+
+
+def test_download_with_an_explicit_md5(server, tmp_path):
+    url, root = server
+    payload = make_zip("ml-tiny")
+    (root / "ml-tiny.zip").write_bytes(payload)  # no .md5 published
+    folder = download_movielens("ml-tiny", tmp_path / "raw", f"{url}/ml-tiny.zip",
+                                md5=hashlib.md5(payload).hexdigest())
+    assert (folder / "movies.csv").is_file()
+
+
+def test_download_with_a_wrong_md5_leaves_nothing(server, tmp_path):
+    url, root = server
+    publish(root, "ml-tiny", make_zip("ml-tiny"), md5="0" * 32)
+    dest = tmp_path / "raw"
+    with pytest.raises(DataError, match=r"checksum mismatch for release 'ml-tiny': expected md5 "
+                                        r"0{32}, got [0-9a-f]{32} — fix: download again"):
+        download_movielens("ml-tiny", dest, f"{url}/ml-tiny.zip")
+    assert leftovers(dest) == []
+
+
+def test_download_of_a_corrupt_zip_leaves_nothing(server, tmp_path):
+    url, root = server
+    publish(root, "ml-tiny", b"this is not a zip archive" * 10)  # md5 matches the garbage
+    dest = tmp_path / "raw"
+    with pytest.raises(DataError, match=r"archive of 'ml-tiny' is corrupt"):
+        download_movielens("ml-tiny", dest, f"{url}/ml-tiny.zip")
+    assert leftovers(dest) == []
+
+
+def test_download_of_a_missing_file_names_the_url(server, tmp_path):
+    url, _ = server
+    with pytest.raises(DataError, match=r"cannot fetch the checksum of 'ml-nope'.*pass md5="):
+        download_movielens("ml-nope", tmp_path / "raw", f"{url}/ml-nope.zip")
+    with pytest.raises(DataError, match=r"cannot download 'ml-nope'.*404"):
+        download_movielens("ml-nope", tmp_path / "raw", f"{url}/ml-nope.zip", md5="0" * 32)
+    assert leftovers(tmp_path / "raw") == []
+
+
+def test_download_refuses_an_incomplete_existing_folder(server, tmp_path):
+    url, root = server
+    publish(root, "ml-tiny", make_zip("ml-tiny"))
+    (tmp_path / "raw" / "ml-tiny").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"exists but is not a complete download — fix: delete"):
+        download_movielens("ml-tiny", tmp_path / "raw", f"{url}/ml-tiny.zip")
+
+
+def test_download_rejects_a_path_as_release(tmp_path):
+    with pytest.raises(ValueError, match="plain name"):
+        download_movielens("../evil", tmp_path, "http://127.0.0.1:9/x.zip")
+
+
+def test_ragged_lines_are_reported(tmp_path):
+    folder = small(tmp_path, ratings_csv="userId,movieId,rating,timestamp\n1,1,4.0,100,extra\n")
+    with pytest.raises(DataError, match=r"ratings\.csv: cannot be parsed: .* — fix: make every "
+                                        r"line hold exactly the fields userId,movieId,rating,timestamp"):
+        read_movielens(folder)
