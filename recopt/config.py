@@ -128,7 +128,6 @@ class EvaluateConfig:
     alphas: list[float]
     ks: list[int]
     baselines: list[str]
-    batch_users: int
     time_limit_alpha_s: float
     time_limit_total_s: float
     bootstrap_samples: int
@@ -323,7 +322,6 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
         problems.append("evaluate.ks: must contain 10 (Recall@10 drives the gates)")
     for i, b in enumerate(v.baselines):
         _check(problems, f"evaluate.baselines[{i}]", b, choices=BASELINES)
-    _check(problems, "evaluate.batch_users", v.batch_users, low=1)
     _check(problems, "evaluate.time_limit_alpha_s", v.time_limit_alpha_s, low=0.0, low_open=True)
     _check(problems, "evaluate.time_limit_total_s", v.time_limit_total_s, low=0.0, low_open=True)
     _check(problems, "evaluate.bootstrap_samples", v.bootstrap_samples, low=10)

@@ -1,0 +1,87 @@
+"""Per-user normalisation and blending of the pool's component scores.
+
+Pools arrive as flat arrays grouped by user (each user's rows contiguous).
+Like ranx's min-max fusion: each component is min-max normalised per user over
+that user's pool (missing values stay missing; a component that is constant over
+the pool maps to 0.5), then blended:
+
+    hybrid = alpha * content + (1 - alpha) * collab
+             (collab missing -> content; content missing -> collab; both -> 0)
+    final  = (1 - w_q - w_r - w_p) * hybrid + w_q * quality + w_r * recency + w_p * provider
+
+Every output is in [0, 1] and finite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from recopt.config import RerankConfig
+
+
+def segment_starts(rows: NDArray) -> NDArray[np.int64]:
+    """Start offset of each run of equal values in a grouped array."""
+    if not len(rows):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+
+
+def minmax_per_user(x: NDArray[np.float32], starts: NDArray[np.int64]) -> NDArray[np.float32]:
+    """Min-max normalise `x` within each segment, ignoring NaN (which stays NaN)."""
+    if not len(x):
+        return x.astype(np.float32)
+    lengths = np.diff(np.append(starts, len(x)))
+    with np.errstate(invalid="ignore"):
+        lo = np.repeat(np.fmin.reduceat(x, starts), lengths)
+        hi = np.repeat(np.fmax.reduceat(x, starts), lengths)
+        span = hi - lo
+        out = np.where(span > 1e-12, (x - lo) / np.where(span > 1e-12, span, 1.0), 0.5)
+    out = np.where(np.isnan(x), np.nan, out)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def blend(content: NDArray[np.float32], collab: NDArray[np.float32], alpha: float) -> NDArray[np.float32]:
+    """alpha * content + (1 - alpha) * collab on normalised inputs, with the cold-start fallbacks."""
+    has_c, has_f = ~np.isnan(content), ~np.isnan(collab)
+    mixed = alpha * np.nan_to_num(content) + (1.0 - alpha) * np.nan_to_num(collab)
+    out = np.where(has_c & has_f, mixed, np.where(has_f, collab, np.where(has_c, content, 0.0)))
+    return out.astype(np.float32)
+
+
+def final_scores(hybrid: NDArray[np.float32], quality: NDArray[np.float32], recency: NDArray[np.float32],
+                 provider: NDArray[np.float32], cfg: RerankConfig) -> NDArray[np.float32]:
+    """Add the secondary signals to the hybrid score (all inputs in [0, 1])."""
+    w = 1.0 - cfg.w_quality - cfg.w_recency - cfg.w_provider
+    out = w * hybrid + cfg.w_quality * quality + cfg.w_recency * recency + cfg.w_provider * provider
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ScoredPool:
+    """Every score of every (user, candidate) pair, flat and grouped by user."""
+
+    rows: NDArray[np.int32]
+    items: NDArray[np.int32]
+    collab: NDArray[np.float32]     # normalised, NaN = missing
+    content: NDArray[np.float32]    # normalised, NaN = missing
+    hybrid: NDArray[np.float32]
+    quality: NDArray[np.float32]
+    recency: NDArray[np.float32]
+    provider: NDArray[np.float32]
+    final: NDArray[np.float32]
+
+
+def score_pool(rows: NDArray[np.int32], items: NDArray[np.int32], collab: NDArray[np.float32],
+               content: NDArray[np.float32], provider: NDArray[np.float32], item_quality: NDArray[np.float32],
+               item_recency: NDArray[np.float32], alpha: float, cfg: RerankConfig) -> ScoredPool:
+    """Normalise per user, blend with `alpha`, add the secondary signals."""
+    starts = segment_starts(rows)
+    content_n = minmax_per_user(content, starts)
+    collab_n = minmax_per_user(collab, starts)
+    hybrid = blend(content_n, collab_n, alpha)
+    q, r = item_quality[items], item_recency[items]
+    return ScoredPool(rows=rows, items=items, collab=collab_n, content=content_n, hybrid=hybrid, quality=q,
+                      recency=r, provider=provider, final=final_scores(hybrid, q, r, provider, cfg))
