@@ -142,6 +142,9 @@ def build_context(inputs: HybridInputs, train: pl.DataFrame, movies: pl.DataFram
     cf_index, cf_items = _flat_index(inputs.item_factors, inputs.item_has_cf)
     content_index, content_items = _flat_index(inputs.embeddings, inputs.has_content)
     anchor_items = np.unique(anchors[eval_users].indices).astype(np.int64)
+    # an item without content has no content neighbours (its zero query would return
+    # arbitrary index rows at similarity 0)
+    anchor_items = anchor_items[inputs.has_content[anchor_items]]
     neighbours, sims = _neighbour_table(content_index, content_items, inputs.embeddings, anchor_items,
                                         cfg.k_neighbours)
     f = cfg.filters
@@ -244,7 +247,11 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
     src = np.bitwise_or.reduceat(src, starts) if len(starts) else src
     rows, items, prio = rows[starts], items[starts], prio[starts]
 
-    hard = ctx.hard_item[items]
+    def scorable(r: NDArray[np.int64], i: NDArray[np.int64]) -> NDArray[np.bool_]:
+        # the hard rule is per pair: a cold user cannot be scored on a CF-only item
+        return (has_cf[r] & inp.item_has_cf[i]) | (has_profile[r] & inp.has_content[i])
+
+    hard = ctx.hard_item[items] & scorable(rows, items)
     active = [*ctx.soft_item, *(["user_providers"] if ctx.use_user_providers else [])]
     soft = {name: soft_mask(ctx, name, users, rows, items) for name in active}
     relax = relax_filters(rows, B, hard, soft, cfg.relax_order, cfg.min_pool)
@@ -257,6 +264,7 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
         br = np.repeat(backfill_users.astype(np.int64), t)
         bi = np.tile(ctx.popular[:t].astype(np.int64), len(backfill_users))
         ok = ~_isin_sorted(br * n_items + bi, seen_keys) & ~_isin_sorted(br * n_items + bi, np.sort(rows * n_items + items))
+        ok &= scorable(br, bi)
         for name, still in relax.backfill_pass.items():
             if still:
                 ok &= soft_mask(ctx, name, users, br, bi)

@@ -181,17 +181,21 @@ def _build(cls: type, raw: Any, key: str, problems: list[str]) -> Any:
             problems.append(f"{full}: missing key")
             continue
         values[name] = _coerce(hints[name], raw[name], full, problems)
-    if any(p.startswith(key) for p in problems) and len(values) < len(fields):
+    if len(values) < len(fields) or any(v is None and not _optional(hints[n]) for n, v in values.items()):
         return None
-    try:
-        return cls(**values)
-    except TypeError:
-        return None
+    return cls(**values)
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
 
 
 def _coerce(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if value == "???":  # Hydra's mandatory-value marker, never filled in
+        problems.append(f"{key}: required, no value given (set it, e.g. `{key}=...`)")
+        return None
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -335,7 +339,7 @@ def load_config(raw: Mapping[str, Any], source: str = "config") -> Config:
     """
     problems: list[str] = []
     cfg = _build(Config, raw, "", problems)
-    if cfg is not None and not problems:
+    if cfg is not None:
         _check_ranges(cfg, problems)
     if problems or cfg is None:
         lines = "\n  ".join(problems)

@@ -235,7 +235,7 @@ def summarise_run(result: RunResult, data: EvalData) -> dict[str, float]:
     n_items = len(data.items)
     s["coverage@10"] = metrics.coverage_at_k(lists, n_items, 10) if len(lists) else 0.0
     s["novelty@10"] = metrics.novelty_at_k(lists, data.popularity_share, 10) if len(lists) else 0.0
-    ev = data.users.filter(pl.col("user").is_in(pl.Series(result.users)))
+    ev = data.users.filter(pl.col("user").is_in(pl.Series(result.users).implode()))
     s["pool_recall"] = float(ev["pool_recall"].mean() or 0.0)
     s["mean_cand"] = float(ev["pool_size"].mean() or 0.0)
     s["users_eval"] = float(len(result.users))

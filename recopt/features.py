@@ -52,7 +52,7 @@ def provider_bits(table: pl.DataFrame, key: str, ids: NDArray[np.int32],
     bits = np.zeros((len(ids), words), dtype=np.uint64)
     if table.height == 0 or not names:
         return bits
-    known = table.filter(pl.col(key).is_in(pl.Series(ids)))
+    known = table.filter(pl.col(key).is_in(pl.Series(ids).implode()))
     rows = np.searchsorted(ids, known[key].to_numpy())
     p = np.searchsorted(np.array(names), known["provider"].to_numpy().astype(str))
     np.bitwise_or.at(bits, (rows, p // 64), np.left_shift(np.uint64(1), (p % 64).astype(np.uint64)))

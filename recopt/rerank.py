@@ -48,13 +48,22 @@ def top_k(users: NDArray, score_mat: NDArray[np.float32], pos: NDArray[np.int64]
           k: int) -> Ranked:
     """Plain ranking: the k best by score per row (ties: earlier pool position first)."""
     k_eff = min(k, score_mat.shape[1])
+    pos_key = np.where(pos < 0, np.iinfo(np.int64).max, pos)
     if score_mat.shape[1] > k_eff:
         part = np.argpartition(-score_mat, k_eff - 1, axis=1)[:, :k_eff]
+        # argpartition picks arbitrarily among items tied with the k-th score; rows where
+        # such a tie crosses the cut (rare with real scores) are re-done with a full sort
+        # so that the earlier pool positions win
+        kept = np.take_along_axis(score_mat, part, axis=1)
+        kth = kept.min(axis=1, keepdims=True)
+        redo = np.flatnonzero((score_mat == kth).sum(axis=1) > (kept == kth).sum(axis=1))
+        if len(redo):
+            part[redo] = np.lexsort((pos_key[redo], -score_mat[redo]), axis=1)[:, :k_eff]
     else:
         part = np.broadcast_to(np.arange(k_eff), score_mat.shape).copy()
     s = np.take_along_axis(score_mat, part, axis=1)
     p = np.take_along_axis(pos, part, axis=1)
-    order = np.lexsort((np.where(p < 0, np.iinfo(np.int64).max, p), -s), axis=1)
+    order = np.lexsort((np.take_along_axis(pos_key, part, axis=1), -s), axis=1)
     s, p = np.take_along_axis(s, order, axis=1), np.take_along_axis(p, order, axis=1)
     return _finish(users, s, p, items, k)
 

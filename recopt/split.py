@@ -61,7 +61,7 @@ def split_ratings(ratings: pl.DataFrame, cfg: SplitConfig, relevance_threshold: 
     eligible = user_n.filter(pl.col("n") > cfg.cold_user_train_n)["userId"].to_numpy()
     n_cold = int(round(cfg.cold_user_frac * len(user_n)))
     cold = np.sort(rng.choice(eligible, size=min(n_cold, len(eligible)), replace=False))
-    is_cold = pl.col("userId").is_in(pl.Series(cold, dtype=pl.Int32))
+    is_cold = pl.col("userId").is_in(pl.Series(cold, dtype=pl.Int32).implode())
     df = df.with_columns(
         is_test=pl.when(is_cold).then(pl.col("pos") >= cfg.cold_user_train_n).otherwise(is_test)
     )
@@ -80,7 +80,7 @@ def split_ratings(ratings: pl.DataFrame, cfg: SplitConfig, relevance_threshold: 
                  .head(n_heavy)["userId"])
     users = users.with_columns(
         slice=pl.when(pl.col("cold")).then(pl.lit("cold"))
-        .when(pl.col("userId").is_in(heavy_ids)).then(pl.lit("heavy"))
+        .when(pl.col("userId").is_in(heavy_ids.implode())).then(pl.lit("heavy"))
         .otherwise(pl.lit("warm"))
     ).drop("cold")
     return train, test, users

@@ -59,7 +59,7 @@ def _long_lists(results: list[RunResult], data: EvalData) -> pl.DataFrame:
 def _per_user(results: list[RunResult], data: EvalData) -> pl.DataFrame:
     frames = []
     for r in results:
-        base = data.users.filter(pl.col("user").is_in(pl.Series(r.users))).sort("user")
+        base = data.users.filter(pl.col("user").is_in(pl.Series(r.users).implode())).sort("user")
         frames.append(base.select("userId", "slice").with_columns(run=pl.lit(r.spec.name))
                       .hstack(pl.DataFrame({k: v for k, v in r.per_user.items()})))
     return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
@@ -126,8 +126,8 @@ def evaluate_one(cfg: Config, sweep_dir: Path | None, job_num: int | None) -> Ru
     sweep_id = f"hydra-{sweep_dir.name}" if sweep_dir else "single"
     _log(cfg, r, data, sweep_id)
     if sweep_dir is not None:
-        row = {"run": r.spec.name, "alpha": cfg.alpha, "users_eval": len(r.users), "alpha_time_sec": r.seconds,
-               "alpha_timed_out": r.timed_out, **r.summary}
+        row = {**r.summary, "run": r.spec.name, "alpha": cfg.alpha, "users_eval": len(r.users),
+               "alpha_time_sec": r.seconds, "alpha_timed_out": r.timed_out}
         write_json(sweep_dir / str(job_num) / "result.json", row)
     return r
 
@@ -140,8 +140,8 @@ def compare_sweep(cfg: Config, sweep_dir: Path) -> pl.DataFrame:
     for kind in cfg.evaluate.baselines:
         r = evaluate_run(RunSpec(kind), cfg, data)
         _log(cfg, r, data, sweep_id)
-        rows.append({"run": r.spec.name, "alpha": None, "users_eval": len(r.users), "alpha_time_sec": r.seconds,
-                     "alpha_timed_out": r.timed_out, **r.summary})
+        rows.append({**r.summary, "run": r.spec.name, "alpha": None, "users_eval": len(r.users),
+                     "alpha_time_sec": r.seconds, "alpha_timed_out": r.timed_out})
     cols = ["run", "alpha", "users_eval", "recall@5", "recall@10", "recall@20", "map@10", "ndcg@10",
             "coverage@10", "novelty@10", "diversity@10", "pool_recall", "alpha_time_sec", "alpha_timed_out"]
     table = pl.DataFrame(rows).select(cols)

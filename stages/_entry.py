@@ -48,10 +48,15 @@ def compose(overrides: list[str] | None = None) -> dict:
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-dispatch chatter is not news
 
 
-def run(main: Callable[[Config, Invocation], None], *, hydra_callbacks: dict | None = None) -> None:
-    """Run a stage's `main(cfg, invocation)` from the command line."""
+def run(main: Callable[[Config, Invocation], None], *, hydra_overrides: tuple[str, ...] = ()) -> None:
+    """Run a stage's `main(cfg, invocation)` from the command line.
+
+    `hydra_overrides` are appended to the command line in Hydra mode (e.g. a callback
+    that only this stage registers).
+    """
     argv = sys.argv[1:]
     if argv[:1] == ["--params"]:
         _setup_logging()
@@ -69,6 +74,7 @@ def run(main: Callable[[Config, Invocation], None], *, hydra_callbacks: dict | N
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _hydra_main(dcfg: DictConfig) -> None:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
         raw = OmegaConf.to_container(dcfg, resolve=True)
         try:
             cfg = load_config(raw, source="conf/ + overrides")  # type: ignore[arg-type]
@@ -80,4 +86,6 @@ def run(main: Callable[[Config, Invocation], None], *, hydra_callbacks: dict | N
                              sweep_dir=Path(hc.sweep.dir) if multirun else None,
                              job_num=hc.job.num if multirun else None))
 
+    # name the Hydra job after the stage (not this module), e.g. for the sweep callback
+    sys.argv += [f"hydra.job.name={main.__module__.rsplit('.', 1)[-1]}", *hydra_overrides]
     _hydra_main()

@@ -24,11 +24,9 @@ class SweepTable(Callback):
     """Hydra callback: when a multirun ends, evaluate the baselines and print the comparison."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.hydra.job.name != "evaluate":
-            return
-        raw = OmegaConf.to_container(config, resolve=True)
-        raw.pop("hydra", None)  # type: ignore[union-attr]
-        compare_sweep(load_config(raw), Path(config.hydra.sweep.dir))  # type: ignore[arg-type]
+        sweep_dir = Path(config.hydra.sweep.dir)  # resolved (and cached) as the sweeper did
+        job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        compare_sweep(load_config(OmegaConf.to_container(job, resolve=True)), sweep_dir)  # type: ignore[arg-type]
 
 
 def main(cfg: Config, how: Invocation) -> None:
@@ -42,4 +40,4 @@ def main(cfg: Config, how: Invocation) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, hydra_overrides=("+hydra.callbacks.sweep_table._target_=stages.evaluate.SweepTable",))

@@ -1,0 +1,211 @@
+"""Collaborative-filtering factors on the user and catalog indexes (the cf-load stage).
+
+Methods (``cf_load.method``):
+
+* ``als``: implicit's AlternatingLeastSquares on the train split only. A train
+  rating r becomes the confidence ``c = 1 + confidence_scale * r / 5`` of a
+  positive preference (implicit treats unobserved cells as preference 0 with
+  confidence 1), so a 5-star rating weighs ``1 + confidence_scale``.
+  Excluded from training, and left without a factor (zero row, has_cf False):
+  cold-start users (slice "cold" in users.parquet), items with fewer than
+  ``min_item_ratings`` train ratings from the remaining users (cold items), and
+  users left with no rating after that. Same seed, same factors: the random
+  state comes from ``stage_rng(seed, "cf_load")`` and BLAS runs on one thread
+  during the fit (implicit's own threads solve users independently).
+* ``precomputed``: user and item factors from .npy files with their id lists,
+  validated (shapes, NaN/Inf, duplicate ids) and aligned to the indexes; ids
+  outside an index are counted and ignored, index rows without a factor masked.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
+
+from recopt.assembly import align_rows, read_ids, vector_problems
+from recopt.config import CFConfig, Config
+from recopt.io import log, run_stats, timed, write_json
+from recopt.rng import stage_rng
+from recopt.schemas import Problem, check
+
+Floats = NDArray[np.float32]
+Mask = NDArray[np.bool_]
+CONFIDENCE = "confidence = 1 + confidence_scale * rating / 5"
+
+
+def index_rows(ids: NDArray[Any], index: NDArray[Any], file: str, column: str, index_file: str,
+               fix: str) -> tuple[NDArray[np.int64], list[Problem]]:
+    """Row of each id in the sorted `index` (searchsorted); a Problem when some are absent."""
+    pos = np.searchsorted(index, ids)
+    found = pos < len(index)
+    found[found] = index[pos[found]] == ids[found]
+    if found.all():
+        return pos, []
+    missing = np.unique(ids[~found])
+    return pos, [Problem(file, column, f"{len(missing)} id(s) are not in {index_file}, e.g. "
+                         f"{', '.join(map(str, missing[:5]))}", fix)]
+
+
+def training_matrix(user_rows: NDArray[np.int64], item_rows: NDArray[np.int64], ratings: NDArray[Any],
+                    cold_user: Mask, n_items: int, cf: CFConfig) -> tuple[sp.csr_matrix, Mask, Mask, dict[str, int]]:
+    """The confidence matrix ALS trains on, compacted to the users and items that get a factor.
+
+    Inputs are one entry per train rating (user index row, catalog row, rating).
+    Returns (matrix of shape (users with factor, items with factor), user mask
+    over the user index, item mask over the catalog, counts). Rows and columns
+    follow index order.
+    """
+    keep = ~cold_user[user_rows]
+    item_n = np.bincount(item_rows[keep], minlength=n_items)
+    item_ok = item_n >= cf.min_item_ratings
+    keep &= item_ok[item_rows]
+    user_ok = np.bincount(user_rows[keep], minlength=len(cold_user)) > 0
+    item_ok &= np.bincount(item_rows[keep], minlength=n_items) > 0
+    u_new = np.cumsum(user_ok) - 1
+    i_new = np.cumsum(item_ok) - 1
+    confidence = (1.0 + cf.confidence_scale * ratings[keep].astype(np.float32) / 5.0).astype(np.float32)
+    matrix = sp.csr_matrix((confidence, (u_new[user_rows[keep]], i_new[item_rows[keep]])),
+                           shape=(int(user_ok.sum()), int(item_ok.sum())), dtype=np.float32)
+    matrix.sum_duplicates()
+    counts = {"train_ratings": len(user_rows), "train_ratings_used": int(keep.sum()),
+              "cold_users_excluded": int(cold_user.sum()),
+              "users_without_usable_rating": int((~cold_user & ~user_ok).sum()),
+              "cold_items_excluded": int(((item_n > 0) & (item_n < cf.min_item_ratings)).sum()),
+              "items_without_train_rating": int((item_n == 0).sum())}
+    return matrix, user_ok, item_ok, counts
+
+
+def fit_als(matrix: sp.csr_matrix, factors: int, regularization: float, iterations: int,
+            random_state: int, show_progress: bool = True) -> tuple[Floats, Floats]:
+    """(user factors, item factors) of implicit's CPU ALS on a users × items confidence matrix.
+
+    Deterministic for a given random_state: BLAS is limited to one thread
+    during the fit, as implicit recommends.
+    """
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=1.0,
+                                        iterations=iterations, random_state=random_state, dtype=np.float32)
+        model.fit(matrix, show_progress=show_progress)
+    return np.asarray(model.user_factors, dtype=np.float32), np.asarray(model.item_factors, dtype=np.float32)
+
+
+def als_factors(train: pl.DataFrame, users: pl.DataFrame, item_ids: NDArray[Any], cf: CFConfig,
+                random_state: int, *, split_dir: Path,
+                show_progress: bool = True) -> tuple[Floats, Floats, Mask, Mask, dict[str, int]]:
+    """ALS factors on the user index (rows of `users`) and catalog (`item_ids`).
+
+    `train` has userId, movieId, rating; every id must be in the indexes
+    (DataError otherwise). Rows without a factor are zero.
+    """
+    user_ids = users["userId"].to_numpy()
+    train_file, users_file = str(split_dir / "train.parquet"), str(split_dir / "users.parquet")
+    u, p1 = index_rows(train["userId"].to_numpy(), user_ids, train_file, "userId", users_file,
+                       "the split is stale or was edited: run `dvc repro split`")
+    i, p2 = index_rows(train["movieId"].to_numpy(), item_ids, train_file, "movieId", "movies.parquet",
+                       "the catalog and the split are out of step: run `dvc repro`")
+    check(p1 + p2)
+    cold = (users["slice"] == "cold").to_numpy()
+    matrix, user_ok, item_ok, counts = training_matrix(u, i, train["rating"].to_numpy(), cold, len(item_ids), cf)
+    user_f = np.zeros((len(user_ids), cf.factors), dtype=np.float32)
+    item_f = np.zeros((len(item_ids), cf.factors), dtype=np.float32)
+    if matrix.nnz:
+        log.info("cf-load: ALS on %d users × %d items, %d ratings", *matrix.shape, matrix.nnz)
+        fitted_u, fitted_i = fit_als(matrix, cf.factors, cf.regularization, cf.iterations, random_state,
+                                     show_progress)
+        user_f[user_ok], item_f[item_ok] = fitted_u, fitted_i
+    else:
+        log.warning("cf-load: no train rating is usable for ALS; no user or item gets a factor")
+        user_ok[:], item_ok[:] = False, False
+    return user_f, item_f, user_ok, item_ok, counts
+
+
+def precomputed_factors(cf: CFConfig, user_ids: NDArray[Any],
+                        item_ids: NDArray[Any]) -> tuple[Floats, Floats, Mask, Mask, dict[str, int]]:
+    """The user's factors aligned to the user index and the catalog; all problems in one DataError."""
+    problems: list[Problem] = []
+    loaded: dict[str, tuple[NDArray[Any], NDArray[np.int64]]] = {}
+    for side in ("user", "item"):
+        path, ids_path = Path(getattr(cf, f"{side}_factors") or ""), Path(getattr(cf, f"{side}_ids") or "")
+        ids, id_problems = read_ids(ids_path)
+        problems += id_problems
+        if not path.is_file():
+            problems.append(Problem(str(path), None, "does not exist", f"fix cf_load.{side}_factors"))
+            continue
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            problems.append(Problem(str(path), None, f"is not a readable .npy array ({err})", "save it with numpy.save"))
+            continue
+        if values.ndim != 2 or values.dtype.kind not in "fiu":
+            problems.append(Problem(str(path), None, f"holds a {values.dtype} array of shape {values.shape}, "
+                                    "expected 2-D numbers (rows × factors)", "save a float array (n, factors)"))
+        elif ids is not None:
+            problems += vector_problems(values, ids, str(path), str(ids_path), allow_zero=True)
+            loaded[side] = (values, ids)
+    if len(loaded) == 2 and loaded["user"][0].shape[1] != loaded["item"][0].shape[1]:
+        problems.append(Problem(str(cf.item_factors), None, f"has {loaded['item'][0].shape[1]} factors but "
+                                f"{cf.user_factors} has {loaded['user'][0].shape[1]}",
+                                "give users and items factors of the same dimension"))
+    check(problems)
+    user_f, user_ok, user_unknown = align_rows(*loaded["user"], user_ids)
+    item_f, item_ok, item_unknown = align_rows(*loaded["item"], item_ids)
+    for side, ok, ids_path, index in (("user", user_ok, cf.user_ids, "users.parquet"),
+                                      ("item", item_ok, cf.item_ids, "movies.parquet")):
+        if not ok.any():
+            problems.append(Problem(str(ids_path), None, f"none of its ids is in {index}",
+                                    f"list the {side} ids of {index} (not row numbers)"))
+    check(problems)
+    return user_f, item_f, user_ok, item_ok, {"user_ids_not_in_index": user_unknown,
+                                              "item_ids_not_in_catalog": item_unknown}
+
+
+def run_cf_load(cfg: Config) -> dict[str, Any]:
+    """Run the cf-load stage: read paths.split (+ the catalog), write paths.cf_load."""
+    started, timings = time.perf_counter(), {}
+    cf, split, out = cfg.cf_load, Path(cfg.paths.split), Path(cfg.paths.cf_load)
+    with timed("read", timings):
+        item_ids = pl.read_parquet(Path(cfg.paths.ingest) / "movies.parquet", columns=["movieId"])["movieId"]
+        item_ids = item_ids.to_numpy().astype(np.int32)
+        users = pl.read_parquet(split / "users.parquet", columns=["userId", "slice"])
+        user_ids = users["userId"].to_numpy().astype(np.int32)
+    params: dict[str, Any] = {"method": cf.method}
+    if cf.method == "als":
+        random_state = int(stage_rng(cfg.seed, "cf_load").integers(2**31 - 1))
+        with timed("read_train", timings):
+            train = pl.read_parquet(split / "train.parquet", columns=["userId", "movieId", "rating"])
+        with timed("als", timings):
+            user_f, item_f, user_ok, item_ok, counts = als_factors(train, users, item_ids, cf, random_state, split_dir=split)
+        params |= {"factors": cf.factors, "regularization": cf.regularization, "iterations": cf.iterations,
+                   "confidence_scale": cf.confidence_scale, "confidence": CONFIDENCE,
+                   "min_item_ratings": cf.min_item_ratings, "random_state": random_state,
+                   "library": "implicit.cpu.als.AlternatingLeastSquares"}
+    else:
+        with timed("precomputed", timings):
+            user_f, item_f, user_ok, item_ok, counts = precomputed_factors(cf, user_ids, item_ids)
+        params |= {"factors": user_f.shape[1], "user_factors": cf.user_factors, "user_ids": cf.user_ids,
+                   "item_factors": cf.item_factors, "item_ids": cf.item_ids}
+    with timed("write", timings):
+        out.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("user_factors", user_f), ("item_factors", item_f), ("user_has_cf", user_ok),
+                          ("item_has_cf", item_ok), ("user_ids", user_ids), ("item_ids", item_ids)):
+            np.save(out / f"{name}.npy", arr)
+    manifest = {
+        **params,
+        "shapes": {"user_factors": list(user_f.shape), "item_factors": list(item_f.shape)},
+        "dtype": str(user_f.dtype),
+        "counts": {"n_users": len(user_ids), "users_with_factor": int(user_ok.sum()),
+                   "n_items": len(item_ids), "items_with_factor": int(item_ok.sum()), **counts},
+        "catalog_coverage": round(float(item_ok.mean()) if len(item_ok) else 0.0, 6),
+        **run_stats(timings, started),
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest

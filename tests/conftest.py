@@ -1,0 +1,61 @@
+"""Shared fixtures: composed configs pointing into tmp dirs, and temporary copies of the repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recopt.config import Config, load_config
+from stages._entry import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+ML_SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"
+STAGE_DIRS = ("ingest", "split", "embed_load", "cf_load", "candidates", "evaluate", "downloads")
+
+
+def tmp_config(tmp: Path, *overrides: str) -> Config:
+    """The composed conf/ with every path under `tmp` (like lightning-hydra-template's cfg fixtures)."""
+    paths = [f"paths.{k}={tmp}/{k}" for k in STAGE_DIRS]
+    mlflow = [f"paths.mlflow_uri=sqlite:///{tmp}/mlruns/mlflow.db", f"paths.mlflow_artifacts={tmp}/mlruns/artifacts"]
+    return load_config(compose([*paths, *mlflow, *overrides]))
+
+
+def needs_ml_small() -> Path:
+    if not (ML_SMALL / "ratings.csv").exists():
+        pytest.skip(f"real MovieLens sample not found at {ML_SMALL}")
+    return ML_SMALL
+
+
+def tool_env() -> dict[str, str]:
+    """Environment whose `python` and `dvc` are this interpreter's."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_cmd(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def copy_repo(dest: Path) -> Path:
+    """The repo's tracked and untracked-but-not-ignored files, as a fresh git repo with one commit."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest

@@ -1,0 +1,242 @@
+"""Tests for recopt.cf: the training matrix, the checkerboard known answer, masks, determinism, precomputed factors."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+
+from recopt.cf import CONFIDENCE, als_factors, fit_als, run_cf_load, training_matrix
+from recopt.config import CFConfig, Config
+from recopt.ingest import ingest
+from recopt.schemas import DataError
+from recopt.split import run_split
+from tests.conftest import tmp_config
+
+
+def make_cfg(root: Path, *overrides: str, inputs: Path | None = None) -> Config:
+    """A tiny-preset config writing under `root`, reading ingest/split from `inputs` if given."""
+    read = [f"paths.ingest={inputs / 'ingest'}", f"paths.split={inputs / 'split'}"] if inputs else []
+    return tmp_config(root, "data.preset=tiny", *read, *overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    cfg = make_cfg(tmp_path_factory.mktemp("tiny"))
+    ingest(cfg)
+    run_split(cfg)
+    return cfg
+
+
+def tiny_inputs(cfg: Config) -> Path:
+    return Path(cfg.paths.ingest).parent
+
+
+def cf_config(**changes: object) -> CFConfig:
+    base = CFConfig(method="als", factors=20, regularization=0.05, iterations=15, confidence_scale=5.0,
+                    min_item_ratings=1, user_factors=None, user_ids=None, item_factors=None, item_ids=None)
+    return dataclasses.replace(base, **changes)
+
+
+# --- the training matrix --------------------------------------------------------------------------
+
+def test_training_matrix_confidence_and_exclusions():
+    # users 0..3 (user 1 cold), items 0..4
+    user_rows = np.array([0, 0, 0, 1, 1, 1, 2, 2, 3])
+    item_rows = np.array([0, 1, 2, 0, 2, 3, 0, 2, 3])
+    ratings = np.array([5.0, 2.5, 4.0, 5.0, 5.0, 5.0, 1.0, 3.0, 4.5], dtype=np.float32)
+    cold = np.array([False, True, False, False])
+    matrix, user_ok, item_ok, counts = training_matrix(user_rows, item_rows, ratings, cold, 5,
+                                                       cf_config(min_item_ratings=2))
+    # item 3 has 2 ratings but one is the cold user's -> cold item; item 1 has 1; item 4 none
+    assert item_ok.tolist() == [True, False, True, False, False]
+    # user 3 rated only item 3 -> left without a rating
+    assert user_ok.tolist() == [True, False, True, False]
+    assert matrix.shape == (2, 2) and matrix.dtype == np.float32
+    np.testing.assert_allclose(matrix.toarray(), [[1 + 5 * 5 / 5, 1 + 5 * 4 / 5], [1 + 5 * 1 / 5, 1 + 5 * 3 / 5]])
+    assert counts == {"train_ratings": 9, "train_ratings_used": 4, "cold_users_excluded": 1,
+                      "users_without_usable_rating": 1, "cold_items_excluded": 2, "items_without_train_rating": 1}
+    assert CONFIDENCE == "confidence = 1 + confidence_scale * rating / 5"
+
+
+def checkerboard(n: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Even users like even items, odd users odd items; user u's own item u is withheld
+    (implicit's tests/recommender_base_test.py get_checker_board)."""
+    u, i = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    liked = (u % 2 == i % 2) & (u != i)
+    train = pl.DataFrame({"userId": (u[liked] + 1).astype(np.int32), "movieId": (i[liked] + 1).astype(np.int32),
+                          "rating": np.full(liked.sum(), 5.0, dtype=np.float32)})
+    users = pl.DataFrame({"userId": np.arange(1, n + 1, dtype=np.int32), "slice": ["warm"] * n})
+    return train, users
+
+
+@pytest.mark.parametrize("seed", [7, 23, 42])
+def test_checkerboard_withheld_item_ranks_first(tmp_path: Path, seed: int):
+    # The matrix has rank 2: two factors (as in implicit's own ALS test) cannot memorise the hole
+    n = 50
+    train, users = checkerboard(n)
+    user_f, item_f, user_ok, item_ok, _ = als_factors(train, users, np.arange(1, n + 1), cf_config(factors=2),
+                                                      seed, split_dir=tmp_path, show_progress=False)
+    assert user_ok.all() and item_ok.all()
+    scores = user_f @ item_f.T
+    seen = np.zeros((n, n), dtype=bool)
+    seen[train["userId"].to_numpy() - 1, train["movieId"].to_numpy() - 1] = True
+    scores[seen] = -np.inf
+    np.testing.assert_array_equal(scores.argmax(axis=1), np.arange(n))
+
+
+def test_fit_als_is_deterministic_for_a_random_state():
+    train, _ = checkerboard(30)
+    matrix = sp.csr_matrix((train["rating"].to_numpy(), (train["userId"].to_numpy() - 1,
+                                                         train["movieId"].to_numpy() - 1)), shape=(30, 30))
+    a = fit_als(matrix, 8, 0.05, 5, random_state=3, show_progress=False)
+    b = fit_als(matrix, 8, 0.05, 5, random_state=3, show_progress=False)
+    c = fit_als(matrix, 8, 0.05, 5, random_state=4, show_progress=False)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_fit_als_runs_blas_on_one_thread(monkeypatch: pytest.MonkeyPatch):
+    import implicit.utils
+
+    monkeypatch.setattr(implicit.utils, "_checked_blas_config", False)
+    train, _ = checkerboard(10)
+    matrix = sp.csr_matrix((train["rating"].to_numpy(), (train["userId"].to_numpy() - 1,
+                                                         train["movieId"].to_numpy() - 1)), shape=(10, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)   # implicit warns when BLAS is multi-threaded
+        fit_als(matrix, 2, 0.05, 2, random_state=0, show_progress=False)
+
+
+def test_train_ids_outside_the_indexes_are_an_error(tmp_path: Path):
+    train, users = checkerboard(6)
+    with pytest.raises(DataError, match=r"train.parquet: column 'userId': 1 id\(s\) are not in .*users.parquet, "
+                                        r"e.g. 6 — fix: .*`dvc repro split`") as err:
+        als_factors(train, users.head(5), np.arange(1, 6), cf_config(), 0, split_dir=tmp_path)
+    assert "column 'movieId'" in str(err.value) and "`dvc repro`" in str(err.value)
+
+
+# --- the stage on the tiny preset -----------------------------------------------------------------
+
+def test_run_cf_load_masks_cold_users_and_cold_items(tiny: Config):
+    manifest = run_cf_load(tiny)
+    out = Path(tiny.paths.cf_load)
+    arrays = {n: np.load(out / f"{n}.npy") for n in ("user_factors", "item_factors", "user_has_cf",
+                                                     "item_has_cf", "user_ids", "item_ids")}
+    users = pl.read_parquet(Path(tiny.paths.split) / "users.parquet")
+    catalog = pl.read_parquet(Path(tiny.paths.ingest) / "movies.parquet")["movieId"].to_numpy()
+    np.testing.assert_array_equal(arrays["user_ids"], users["userId"].to_numpy())
+    np.testing.assert_array_equal(arrays["item_ids"], catalog)
+    assert arrays["user_ids"].dtype == arrays["item_ids"].dtype == np.int32
+    uf, vf, u_ok, i_ok = (arrays[n] for n in ("user_factors", "item_factors", "user_has_cf", "item_has_cf"))
+    assert uf.shape == (users.height, 20) and vf.shape == (len(catalog), 20) and uf.dtype == np.float32
+    cold = (users["slice"] == "cold").to_numpy()
+    assert cold.any() and not u_ok[cold].any() and u_ok[~cold].all()
+    assert not uf[~u_ok].any() and not vf[~i_ok].any() and np.abs(vf[i_ok]).sum(axis=1).min() > 0
+    # an item has a factor iff it has >= min_item_ratings train ratings from non-cold users
+    train = pl.read_parquet(Path(tiny.paths.split) / "train.parquet")
+    warm_ids = users.filter(pl.col("slice") != "cold")["userId"].implode()
+    n_ratings = train.filter(pl.col("userId").is_in(warm_ids)).group_by("movieId").len()
+    expected = np.isin(catalog, n_ratings.filter(pl.col("len") >= tiny.cf_load.min_item_ratings)["movieId"])
+    np.testing.assert_array_equal(i_ok, expected)
+    c = manifest["counts"]
+    assert (c["users_with_factor"], c["items_with_factor"]) == (u_ok.sum(), i_ok.sum())
+    assert manifest["catalog_coverage"] == pytest.approx(i_ok.mean(), abs=1e-6)
+    assert manifest["confidence"] == CONFIDENCE and manifest["factors"] == 20
+    assert {"wall_s", "peak_rss_mb", "random_state"} <= manifest.keys()
+
+
+def test_same_seed_same_factors_other_seed_other_factors(tiny: Config, tmp_path: Path):
+    runs = {}
+    for name, seed in (("a", 42), ("b", 42), ("c", 7)):
+        cfg = make_cfg(tmp_path / name, f"seed={seed}", inputs=tiny_inputs(tiny))
+        run_cf_load(cfg)
+        runs[name] = np.load(Path(cfg.paths.cf_load) / "item_factors.npy")
+    np.testing.assert_array_equal(runs["a"], runs["b"])
+    assert not np.array_equal(runs["a"], runs["c"])
+
+
+# --- precomputed factors --------------------------------------------------------------------------
+
+def write_factors(root: Path, user_ids: np.ndarray, item_ids: np.ndarray, f: int = 4,
+                  item_f: int | None = None) -> list[str]:
+    rng = np.random.default_rng(0)
+    np.save(root / "U.npy", rng.normal(size=(len(user_ids), f)))
+    np.save(root / "V.npy", rng.normal(size=(len(item_ids), item_f or f)))
+    np.save(root / "uid.npy", user_ids)
+    (root / "iid.txt").write_text("\n".join(map(str, item_ids)))
+    return ["cf_load.method=precomputed", f"cf_load.user_factors={root / 'U.npy'}",
+            f"cf_load.user_ids={root / 'uid.npy'}", f"cf_load.item_factors={root / 'V.npy'}",
+            f"cf_load.item_ids={root / 'iid.txt'}"]
+
+
+def test_precomputed_factors_are_aligned_masked_and_counted(tiny: Config, tmp_path: Path):
+    users = pl.read_parquet(Path(tiny.paths.split) / "users.parquet")["userId"].to_numpy()
+    catalog = pl.read_parquet(Path(tiny.paths.ingest) / "movies.parquet")["movieId"].to_numpy()
+    user_ids = np.concatenate([users[::-1][:50], [10**8]])                     # shuffled, one unknown
+    item_ids = np.concatenate([np.random.default_rng(1).permutation(catalog)[:200], [10**8, 10**8 + 1]])
+    cfg = make_cfg(tmp_path, *write_factors(tmp_path, user_ids, item_ids), inputs=tiny_inputs(tiny))
+    manifest = run_cf_load(cfg)
+    out = Path(cfg.paths.cf_load)
+    uf, u_ok = np.load(out / "user_factors.npy"), np.load(out / "user_has_cf.npy")
+    vf, i_ok = np.load(out / "item_factors.npy"), np.load(out / "item_has_cf.npy")
+    assert u_ok.sum() == 50 and i_ok.sum() == 200 and not uf[~u_ok].any() and not vf[~i_ok].any()
+    np.testing.assert_allclose(vf[np.searchsorted(catalog, item_ids[0])], np.load(tmp_path / "V.npy")[0], rtol=1e-6)
+    np.testing.assert_allclose(uf[np.searchsorted(users, user_ids[3])], np.load(tmp_path / "U.npy")[3], rtol=1e-6)
+    assert manifest["counts"]["user_ids_not_in_index"] == 1
+    assert manifest["counts"]["item_ids_not_in_catalog"] == 2
+    assert manifest["method"] == "precomputed" and manifest["factors"] == 4
+
+
+def test_precomputed_factors_report_every_problem(tiny: Config, tmp_path: Path):
+    overrides = write_factors(tmp_path, np.array([1, 2, 2]), np.array([1, 2, 3]), f=4, item_f=5)
+    V = np.load(tmp_path / "V.npy")
+    V[1, 0] = np.nan
+    np.save(tmp_path / "V.npy", V)
+    with pytest.raises(DataError) as err:
+        run_cf_load(make_cfg(tmp_path, *overrides, inputs=tiny_inputs(tiny)))
+    message = str(err.value)
+    assert "uid.npy: 1 id(s) appear more than once, e.g. 2" in message
+    assert "V.npy: 1 vector(s) contain NaN or Inf, e.g. id 2" in message
+    assert "V.npy: has 5 factors but" in message and "U.npy has 4" in message
+
+
+@pytest.mark.parametrize("case, match", [
+    ("rows", r"U.npy: has 3 rows but .*uid.npy has 2 ids"),
+    ("missing", r"V.npy: does not exist — fix: fix cf_load.item_factors"),
+    ("one_dim", r"U.npy: holds a float64 array of shape \(3,\)"),
+    ("float_ids", r"uid.npy: holds a float64 array .* not 1-D integer ids"),
+    ("unknown", r"uid.npy: none of its ids is in users.parquet"),
+])
+def test_precomputed_factor_errors(tiny: Config, tmp_path: Path, case: str, match: str):
+    overrides = write_factors(tmp_path, np.array([1, 2, 3]), np.array([1, 2, 3]))
+    if case == "rows":
+        np.save(tmp_path / "uid.npy", np.array([1, 2]))
+    elif case == "missing":
+        (tmp_path / "V.npy").unlink()
+    elif case == "one_dim":
+        np.save(tmp_path / "U.npy", np.ones(3))
+    elif case == "float_ids":
+        np.save(tmp_path / "uid.npy", np.array([1.0, 2.0, 3.0]))
+    elif case == "unknown":
+        np.save(tmp_path / "uid.npy", np.array([10**8, 10**8 + 1, 10**8 + 2]))
+    with pytest.raises(DataError, match=match):
+        run_cf_load(make_cfg(tmp_path, *overrides, inputs=tiny_inputs(tiny)))
+
+
+def test_stage_module_runs_from_the_command_line_style_entry(tiny: Config, tmp_path: Path):
+    from stages import cf_load
+    from stages._entry import Invocation
+
+    shutil.copytree(tiny_inputs(tiny) / "split", tmp_path / "split")
+    shutil.copytree(tiny_inputs(tiny) / "ingest", tmp_path / "ingest")
+    cfg = make_cfg(tmp_path)
+    cf_load.main(cfg, Invocation(mode="params"))
+    assert (tmp_path / "cf_load" / "manifest.json").is_file()

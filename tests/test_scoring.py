@@ -1,0 +1,208 @@
+"""Tests for recopt.scoring: per-user min-max, blending with cold-start fallbacks,
+secondary signals, score_pool end to end, and a Hypothesis range property."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recopt.config import RerankConfig
+from recopt.scoring import blend, final_scores, minmax_per_user, score_pool, segment_starts
+
+NAN = np.nan
+
+
+def _rerank(w_quality: float = 0.0, w_recency: float = 0.0, w_provider: float = 0.0) -> RerankConfig:
+    return RerankConfig(w_quality=w_quality, w_recency=w_recency, w_provider=w_provider, mmr_lambda=0.0,
+                        k_final=10, mmr_pool=10)
+
+
+def _f32(*values: float) -> np.ndarray:
+    return np.array(values, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- segment_starts
+
+
+def test_segment_starts_finds_each_run_and_handles_empty():
+    np.testing.assert_array_equal(segment_starts(np.array([0, 0, 3, 3, 3, 7])), [0, 2, 5])
+    np.testing.assert_array_equal(segment_starts(np.array([5])), [0])
+    assert segment_starts(np.array([], dtype=np.int32)).shape == (0,)
+
+
+# --------------------------------------------------------------------------- minmax_per_user
+
+
+def test_minmax_normalises_each_segment_separately():
+    # segments: [1, 3, 5] | [10, 20] -- the second segment's scale must not leak into the first
+    x = _f32(1, 3, 5, 10, 20)
+    out = minmax_per_user(x, np.array([0, 3]))
+    np.testing.assert_allclose(out, [0.0, 0.5, 1.0, 0.0, 1.0])
+    assert out.dtype == np.float32
+
+
+def test_minmax_nan_stays_nan_and_is_ignored_for_min_and_max():
+    x = _f32(NAN, 4, 8, 6)
+    out = minmax_per_user(x, np.array([0]))
+    assert np.isnan(out[0])
+    np.testing.assert_allclose(out[1:], [0.0, 1.0, 0.5])
+
+
+def test_minmax_constant_segment_maps_to_half_and_all_nan_segment_stays_nan():
+    #            const  | single | all NaN  | const with a NaN
+    x = _f32(2, 2, 2, 7, NAN, NAN, 3, NAN, 3)
+    out = minmax_per_user(x, np.array([0, 3, 4, 6]))
+    np.testing.assert_allclose(out[:4], [0.5, 0.5, 0.5, 0.5])
+    assert np.isnan(out[4]) and np.isnan(out[5])
+    np.testing.assert_allclose(out[[6, 8]], [0.5, 0.5])
+    assert np.isnan(out[7])
+
+
+def test_minmax_negative_values_and_range():
+    x = _f32(-2, -1, 0, 2)
+    out = minmax_per_user(x, np.array([0]))
+    np.testing.assert_allclose(out, [0.0, 0.25, 0.5, 1.0])
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_minmax_empty_input_gives_empty_float32():
+    out = minmax_per_user(np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64))
+    assert out.shape == (0,) and out.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- blend
+
+# pairs: both present | collab missing | content missing | both present | both missing
+CONTENT = _f32(0.2, 0.8, NAN, 0.6, NAN)
+COLLAB = _f32(0.6, NAN, 0.4, 0.1, NAN)
+
+
+def test_blend_mixes_both_sources_with_alpha():
+    out = blend(CONTENT, COLLAB, 0.25)
+    np.testing.assert_allclose(out, [0.25 * 0.2 + 0.75 * 0.6, 0.8, 0.4, 0.25 * 0.6 + 0.75 * 0.1, 0.0], rtol=1e-6)
+    assert out.dtype == np.float32
+
+
+def test_blend_alpha_one_is_content_with_collab_fallback():
+    np.testing.assert_allclose(blend(CONTENT, COLLAB, 1.0), [0.2, 0.8, 0.4, 0.6, 0.0], rtol=1e-6)
+
+
+def test_blend_alpha_zero_is_collab_with_content_fallback():
+    np.testing.assert_allclose(blend(CONTENT, COLLAB, 0.0), [0.6, 0.8, 0.4, 0.1, 0.0], rtol=1e-6)
+
+
+def test_blend_missing_collab_falls_back_to_content_whatever_alpha():
+    content = _f32(0.3, 0.9)
+    collab = _f32(NAN, NAN)
+    for alpha in (0.0, 0.35, 1.0):
+        np.testing.assert_allclose(blend(content, collab, alpha), [0.3, 0.9], rtol=1e-6)
+
+
+def test_blend_both_missing_is_zero_never_nan():
+    out = blend(_f32(NAN, NAN), _f32(NAN, NAN), 0.5)
+    np.testing.assert_array_equal(out, [0.0, 0.0])
+
+
+# --------------------------------------------------------------------------- final_scores
+
+
+def test_final_scores_weights_each_signal():
+    cfg = _rerank(w_quality=0.1, w_recency=0.2, w_provider=0.3)
+    out = final_scores(_f32(0.5, 1.0), _f32(1.0, 0.0), _f32(0.5, 0.0), _f32(1.0, 0.0), cfg)
+    # 0.4 * hybrid + 0.1 * q + 0.2 * r + 0.3 * p
+    np.testing.assert_allclose(out, [0.4 * 0.5 + 0.1 + 0.2 * 0.5 + 0.3, 0.4], rtol=1e-6)
+
+
+def test_final_scores_zero_weights_is_hybrid():
+    hybrid = _f32(0.0, 0.3, 1.0)
+    ones = np.ones(3, dtype=np.float32)
+    np.testing.assert_allclose(final_scores(hybrid, ones, ones, ones, _rerank()), hybrid)
+
+
+def test_final_scores_default_weights_keep_hybrid_order_when_signals_are_equal():
+    cfg = _rerank(w_quality=0.05, w_recency=0.03, w_provider=0.02)
+    hybrid = _f32(0.1, 0.9, 0.5)
+    same = np.full(3, 0.5, dtype=np.float32)
+    out = final_scores(hybrid, same, same, same, cfg)
+    np.testing.assert_allclose(out, 0.9 * hybrid + 0.05, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- score_pool
+
+
+def test_score_pool_end_to_end_known_answer():
+    rows = np.array([0, 0, 0, 1, 1], dtype=np.int32)
+    items = np.array([2, 0, 1, 0, 2], dtype=np.int32)
+    collab = _f32(1, 3, 5, NAN, NAN)          # user 1 has no CF factor
+    content = _f32(0.1, 0.3, 0.2, 0.9, 0.5)
+    provider = _f32(1, 0, 0, 1, 0)
+    quality = _f32(0.2, 0.4, 0.6)             # per catalog item
+    recency = _f32(0.0, 0.5, 1.0)
+    cfg = _rerank(w_quality=0.1, w_recency=0.1, w_provider=0.1)
+    sp = score_pool(rows, items, collab, content, provider, quality, recency, 0.5, cfg)
+
+    np.testing.assert_allclose(sp.collab[:3], [0.0, 0.5, 1.0])
+    assert np.isnan(sp.collab[3:]).all()
+    np.testing.assert_allclose(sp.content, [0.0, 1.0, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(sp.hybrid, [0.0, 0.75, 0.75, 1.0, 0.0])
+    np.testing.assert_allclose(sp.quality, [0.6, 0.2, 0.4, 0.2, 0.6])
+    np.testing.assert_allclose(sp.recency, [1.0, 0.0, 0.5, 0.0, 1.0])
+    # 0.7 * hybrid + 0.1 * (quality + recency + provider)
+    np.testing.assert_allclose(sp.final, [0.26, 0.545, 0.615, 0.82, 0.16], rtol=1e-5)
+    np.testing.assert_array_equal(sp.rows, rows)
+    np.testing.assert_array_equal(sp.items, items)
+
+
+def test_score_pool_alpha_extremes_reduce_to_one_source():
+    rows = np.array([0, 0, 0], dtype=np.int32)
+    items = np.array([0, 1, 2], dtype=np.int32)
+    collab = _f32(3, 2, 1)
+    content = _f32(1, 2, 3)
+    z = np.zeros(3, dtype=np.float32)
+    only_content = score_pool(rows, items, collab, content, z, z, z, 1.0, _rerank())
+    only_collab = score_pool(rows, items, collab, content, z, z, z, 0.0, _rerank())
+    np.testing.assert_allclose(only_content.final, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(only_collab.final, [1.0, 0.5, 0.0])
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@st.composite
+def pools(draw):
+    sizes = draw(st.lists(st.integers(1, 6), min_size=1, max_size=6))
+    rows = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    n = len(rows)
+    component = st.one_of(st.just(float("nan")),
+                          st.floats(allow_nan=False, allow_infinity=False, width=32))
+    unit = st.floats(0.0, 1.0, width=32)
+    collab = np.array(draw(st.lists(component, min_size=n, max_size=n)), dtype=np.float32)
+    content = np.array(draw(st.lists(component, min_size=n, max_size=n)), dtype=np.float32)
+    provider = np.array(draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n)), dtype=np.float32)
+    n_items = draw(st.integers(1, 8))
+    items = np.array(draw(st.lists(st.integers(0, n_items - 1), min_size=n, max_size=n)), dtype=np.int32)
+    quality = np.array(draw(st.lists(unit, min_size=n_items, max_size=n_items)), dtype=np.float32)
+    recency = np.array(draw(st.lists(unit, min_size=n_items, max_size=n_items)), dtype=np.float32)
+    weights = draw(st.lists(st.floats(0.0, 1 / 3), min_size=3, max_size=3))
+    alpha = draw(st.floats(0.0, 1.0))
+    return rows, items, collab, content, provider, quality, recency, alpha, _rerank(*weights)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@settings(max_examples=200, deadline=None)
+@given(pools())
+def test_score_pool_outputs_are_finite_and_in_unit_interval(pool):
+    sp = score_pool(*pool)
+    for name in ("hybrid", "final", "quality", "recency"):
+        values = getattr(sp, name)
+        assert np.isfinite(values).all(), name
+        assert values.min() >= 0.0 and values.max() <= 1.0, name
+    for name in ("collab", "content"):
+        values = getattr(sp, name)
+        present = values[~np.isnan(values)]
+        assert present.min(initial=0.0) >= 0.0 and present.max(initial=1.0) <= 1.0, name
+    # a raw NaN is never made up into a value
+    assert np.isnan(sp.collab[np.isnan(pool[2])]).all()
+    assert np.isnan(sp.content[np.isnan(pool[3])]).all()
