@@ -86,7 +86,8 @@ def vector_problems(vectors: NDArray[Any], ids: Ids, file: str, id_file: str,
     return problems
 
 
-def align_rows(vectors: NDArray[Any], ids: Ids, index: NDArray[Any]) -> tuple[NDArray[np.float32], NDArray[np.bool_], int]:
+def align_rows(vectors: NDArray[Any], ids: Ids,
+               index: NDArray[Any]) -> tuple[NDArray[np.float32], NDArray[np.bool_], int]:
     """Vectors placed on the rows of the sorted `index` (zero rows where absent),
     the mask of filled rows, and how many ids are not in `index` (ignored)."""
     pos = np.searchsorted(index, ids)

@@ -235,17 +235,20 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
     items = np.concatenate([i_cf, i_pr, i_ct])
     prio = np.concatenate([p_cf, p_pr, p_ct])
     src = np.concatenate([np.full(len(r_cf), SOURCE_CF), np.full(len(r_pr), SOURCE_PROFILE),
-                          np.full(len(r_ct), SOURCE_CONTENT)]).astype(np.uint8)
-    pair = rows * n_items + items
-    fresh = ~_isin_sorted(pair, seen_keys)
-    rows, items, prio, src, pair = rows[fresh], items[fresh], prio[fresh], src[fresh], pair[fresh]
-
-    # dedupe (user, item): best priority, union of sources
-    order = np.lexsort((prio, pair))
-    pair, rows, items, prio, src = pair[order], rows[order], items[order], prio[order], src[order]
+                          np.full(len(r_ct), SOURCE_CONTENT)]).astype(np.int64)
+    fresh = ~_isin_sorted(rows * n_items + items, seen_keys)
+    # dedupe (user, item) keeping the best priority and the union of sources: one sort of
+    # packed int64 keys (user, item, priority, source) instead of a multi-key lexsort
+    n_prio = cfg.n_cf_seed + _SIM_LEVELS + len(ctx.popular) + 1
+    if B * n_prio * n_items * 16 >= 2**63:
+        raise ValueError(f"candidates.batch_users: {B} users x {n_items} items overflow the packed sort keys; "
+                         "use a smaller batch")
+    key = np.sort(((rows[fresh] * n_items + items[fresh]) * n_prio + prio[fresh]) * 16 + src[fresh])
+    pair = key // (16 * n_prio)
     starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1]))) if len(pair) else np.zeros(0, int)
-    src = np.bitwise_or.reduceat(src, starts) if len(starts) else src
-    rows, items, prio = rows[starts], items[starts], prio[starts]
+    src = (np.bitwise_or.reduceat(key % 16, starts) if len(starts) else key % 16).astype(np.uint8)
+    prio = (key[starts] // 16) % n_prio
+    rows, items = pair[starts] // n_items, pair[starts] % n_items
 
     def scorable(r: NDArray[np.int64], i: NDArray[np.int64]) -> NDArray[np.bool_]:
         # the hard rule is per pair: a cold user cannot be scored on a CF-only item
@@ -275,9 +278,10 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
         base = cfg.n_cf_seed + _SIM_LEVELS
         prio = np.concatenate([prio, base + np.flatnonzero(take) - np.searchsorted(br, br[take])])
         src = np.concatenate([src, np.full(int(take.sum()), SOURCE_BACKFILL, dtype=np.uint8)])
+    src = src.astype(np.int64)
 
-    order = np.lexsort((items, prio, rows))
-    rows, items, src = rows[order], items[order], src[order]
+    key = np.sort(((rows * n_prio + prio) * n_items + items) * 16 + src)  # by user, then priority
+    rows, items, src = key // (16 * n_items * n_prio), (key // 16) % n_items, (key % 16).astype(np.uint8)
     cap = first_n_per_row(rows, np.full(B, cfg.c_max, dtype=np.int64))
     rows, items, src = rows[cap], items[cap], src[cap]
 

@@ -143,7 +143,8 @@ def precomputed_factors(cf: CFConfig, user_ids: NDArray[Any],
         try:
             values = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as err:
-            problems.append(Problem(str(path), None, f"is not a readable .npy array ({err})", "save it with numpy.save"))
+            problems.append(Problem(str(path), None, f"is not a readable .npy array ({err})",
+                                    "save it with numpy.save"))
             continue
         if values.ndim != 2 or values.dtype.kind not in "fiu":
             problems.append(Problem(str(path), None, f"holds a {values.dtype} array of shape {values.shape}, "
@@ -183,7 +184,8 @@ def run_cf_load(cfg: Config) -> dict[str, Any]:
         with timed("read_train", timings):
             train = pl.read_parquet(split / "train.parquet", columns=["userId", "movieId", "rating"])
         with timed("als", timings):
-            user_f, item_f, user_ok, item_ok, counts = als_factors(train, users, item_ids, cf, random_state, split_dir=split)
+            user_f, item_f, user_ok, item_ok, counts = als_factors(train, users, item_ids, cf, random_state,
+                                                                   split_dir=split)
         params |= {"factors": cf.factors, "regularization": cf.regularization, "iterations": cf.iterations,
                    "confidence_scale": cf.confidence_scale, "confidence": CONFIDENCE,
                    "min_item_ratings": cf.min_item_ratings, "random_state": random_state,

@@ -111,6 +111,15 @@ def test_mmr_select_lambda_zero_keeps_the_given_order():
     np.testing.assert_array_equal(picked, np.tile(np.arange(10), (5, 1)))
 
 
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_mmr_select_ties_go_to_the_earlier_item(lam):
+    # equal scores, mutually orthogonal vectors: every step is a tie
+    scores = np.full((1, 4), 0.5, dtype=np.float32)
+    picked, objective = mmr_select(scores, np.array([[3, 1, 0, 2]], np.int32), np.eye(4, dtype=np.float32), lam, 4)
+    np.testing.assert_array_equal(picked, [[0, 1, 2, 3]])
+    np.testing.assert_allclose(objective, np.full((1, 4), (1 - lam) * 0.5))
+
+
 def test_mmr_select_zero_vectors_are_similar_to_nothing():
     # item 1 duplicates item 0, item 2 has no content (zero row): it is never penalised
     vecs = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
