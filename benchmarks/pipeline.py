@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/recopt-bench"))
     args = ap.parse_args()
     repo = copy_repo(args.workdir / "repo")
-    data = ([f"data=movielens", f"data.path={args.movielens.resolve()}"] if args.movielens
+    data = (["data=movielens", f"data.path={args.movielens.resolve()}"] if args.movielens
             else [f"data.preset={args.preset}"])
     measure([sys.executable, "-m", "stages.compose", *data], repo)
     rows = []

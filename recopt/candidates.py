@@ -34,6 +34,7 @@ from recopt import features
 from recopt.assembly import HybridInputs
 from recopt.config import CandidatesConfig
 from recopt.filters import first_n_per_row, relax_filters
+from recopt.keys import fetch_widths, first_unseen, isin_sorted, row_keys
 from recopt.kernels import pair_dots
 
 SOURCE_CF, SOURCE_CONTENT, SOURCE_PROFILE, SOURCE_BACKFILL = 1, 2, 4, 8
@@ -166,19 +167,6 @@ def build_context(inputs: HybridInputs, train: pl.DataFrame, movies: pl.DataFram
                    user_bits=user_bits, use_user_providers=f.user_providers, popular=order[hard[order]])
 
 
-def _isin_sorted(keys: NDArray[np.int64], sorted_keys: NDArray[np.int64]) -> NDArray[np.bool_]:
-    if not len(sorted_keys):
-        return np.zeros(keys.shape, dtype=np.bool_)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[pos] == keys
-
-
-def _row_keys(m: sp.csr_matrix, n_items: int) -> NDArray[np.int64]:
-    """Sorted keys row * n_items + col of a CSR with sorted indices."""
-    rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
-    return rows * n_items + m.indices.astype(np.int64)
-
-
 def _top_unseen(index: faiss.Index, index_items: NDArray[np.int64], queries: NDArray[np.float32],
                 rows: NDArray[np.int64], n: int, n_seen: NDArray[np.int64], seen_keys: NDArray[np.int64],
                 n_items: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
@@ -187,20 +175,17 @@ def _top_unseen(index: faiss.Index, index_items: NDArray[np.int64], queries: NDA
     if not len(rows) or index.ntotal == 0:
         e = np.zeros(0, dtype=np.int64)
         return e, e, e
-    need = np.minimum(2 ** np.ceil(np.log2(n + n_seen + 1)).astype(np.int64), index.ntotal)
+    need = fetch_widths(n, n_seen, index.ntotal)
     out_r, out_i, out_rank = [], [], []
     for kb in np.unique(need):
         sel = np.flatnonzero(need == kb)
         _, I = index.search(np.ascontiguousarray(queries[sel], dtype=np.float32), int(kb))
-        items = np.where(I >= 0, index_items[np.maximum(I, 0)], -1)
-        ok = (I >= 0) & ~_isin_sorted(rows[sel, None] * n_items + items, seen_keys)
-        order = np.argsort(~ok, axis=1, kind="stable")[:, :n]
-        keep = np.take_along_axis(ok, order, axis=1)
-        rr = np.broadcast_to(rows[sel, None], order.shape)
-        rank = np.broadcast_to(np.arange(order.shape[1]), order.shape)
-        out_r.append(rr[keep])
-        out_i.append(np.take_along_axis(items, order, axis=1)[keep])
-        out_rank.append(rank[keep])
+        items, _ = first_unseen(rows[sel], np.where(I >= 0, index_items[np.maximum(I, 0)], -1), seen_keys,
+                                n_items, n)
+        keep = items >= 0
+        out_r.append(np.broadcast_to(rows[sel, None], items.shape)[keep])
+        out_i.append(items[keep])
+        out_rank.append(np.broadcast_to(np.arange(items.shape[1]), items.shape)[keep])
     return np.concatenate(out_r), np.concatenate(out_i), np.concatenate(out_rank)
 
 
@@ -209,7 +194,7 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
     inp = ctx.inputs
     n_items, B = len(inp.item_ids), len(users)
     seen_b = ctx.seen[users]
-    seen_keys = _row_keys(seen_b, n_items)
+    seen_keys = row_keys(seen_b, n_items)
     n_seen = np.diff(seen_b.indptr).astype(np.int64)
     profiles = np.asarray(ctx.liked[users] @ inp.embeddings, dtype=np.float32)
     norms = np.linalg.norm(profiles, axis=1)
@@ -236,7 +221,7 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
     prio = np.concatenate([p_cf, p_pr, p_ct])
     src = np.concatenate([np.full(len(r_cf), SOURCE_CF), np.full(len(r_pr), SOURCE_PROFILE),
                           np.full(len(r_ct), SOURCE_CONTENT)]).astype(np.int64)
-    fresh = ~_isin_sorted(rows * n_items + items, seen_keys)
+    fresh = ~isin_sorted(rows * n_items + items, seen_keys)
     # dedupe (user, item) keeping the best priority and the union of sources: one sort of
     # packed int64 keys (user, item, priority, source) instead of a multi-key lexsort
     n_prio = cfg.n_cf_seed + _SIM_LEVELS + len(ctx.popular) + 1
@@ -266,7 +251,7 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
         t = int(min(len(ctx.popular), cfg.min_pool + n_seen[backfill_users].max() + cfg.c_max))
         br = np.repeat(backfill_users.astype(np.int64), t)
         bi = np.tile(ctx.popular[:t].astype(np.int64), len(backfill_users))
-        ok = ~_isin_sorted(br * n_items + bi, seen_keys) & ~_isin_sorted(br * n_items + bi, np.sort(rows * n_items + items))
+        ok = ~isin_sorted(br * n_items + bi, seen_keys) & ~isin_sorted(br * n_items + bi, np.sort(rows * n_items + items))
         ok &= scorable(br, bi)
         for name, still in relax.backfill_pass.items():
             if still:

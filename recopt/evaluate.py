@@ -16,7 +16,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -29,6 +28,7 @@ from recopt import metrics
 from recopt.candidates import user_item_matrix
 from recopt.config import Config
 from recopt.io import read_json
+from recopt.keys import fetch_widths, first_unseen, row_keys
 from recopt.pools import read_pool
 from recopt.rerank import Ranked, pad_by_user, rank_pools, top_k
 from recopt.rng import stage_rng
@@ -128,19 +128,18 @@ def popularity_lists(data: EvalData, users: NDArray[np.int64], k: int) -> Ranked
     pop = data.items["popularity"].to_numpy()
     order = np.argsort(-pop, kind="stable")
     seen = data.seen[users]
-    width = int(min(len(order), k + np.diff(seen.indptr).max(initial=0)))
-    cand = np.broadcast_to(order[:width], (len(users), width))
     n_items = seen.shape[1]
-    keys = np.arange(len(users), dtype=np.int64)[:, None] * n_items + cand
-    rows, cols = seen.nonzero()
-    seen_keys = np.sort(rows.astype(np.int64) * n_items + cols)
-    pos = np.minimum(np.searchsorted(seen_keys, keys), max(len(seen_keys) - 1, 0))
-    unseen = ~(seen_keys[pos] == keys) if len(seen_keys) else np.ones(keys.shape, bool)
-    pick = np.argsort(~unseen, axis=1, kind="stable")[:, :k]
-    ok = np.take_along_axis(unseen, pick, axis=1)
-    items = np.where(ok, np.take_along_axis(cand, pick, axis=1), -1).astype(np.int32)
+    seen_keys = row_keys(seen, n_items)
+    rows = np.arange(len(users), dtype=np.int64)
+    width = fetch_widths(k, np.diff(seen.indptr).astype(np.int64), n_items)
+    items = np.full((len(users), k), -1, dtype=np.int64)
+    for w in np.unique(width):  # rows grouped by how deep they must look past their seen items
+        sel = rows[width == w]
+        got, _ = first_unseen(sel, np.broadcast_to(order[:w], (len(sel), int(w))), seen_keys, n_items, k)
+        items[sel, :got.shape[1]] = got
+    ok = items >= 0
     scores = np.where(ok, pop[np.maximum(items, 0)] / max(pop.max(), 1), 0.0).astype(np.float32)
-    return Ranked(users=users.astype(np.int32), items=items, scores=scores,
+    return Ranked(users=users.astype(np.int32), items=items.astype(np.int32), scores=scores,
                   positions=np.where(ok, 0, -1).astype(np.int64))
 
 
@@ -175,9 +174,16 @@ def _per_user_metrics(ranked: Ranked, data: EvalData, cfg: Config) -> dict[str, 
     return out
 
 
+# the code that decides a checkpoint's content: a change to any of it invalidates old checkpoints
+_CODE = ("evaluate.py", "scoring.py", "rerank.py", "kernels.py", "metrics.py", "keys.py")
+
+
 def _checkpoint_dir(cfg: Config, data: EvalData, spec: RunSpec) -> Path:
+    """Checkpoints are keyed by everything their content depends on: run, config, data, code."""
+    code = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes() for name in _CODE)).hexdigest()
     key = json.dumps({"run": spec.name, "rerank": cfg.to_dict()["rerank"], "ks": cfg.evaluate.ks,
-                      "seed": cfg.seed, "threshold": cfg.relevance_threshold, "store": data.fingerprint}, sort_keys=True)
+                      "seed": cfg.seed, "threshold": cfg.relevance_threshold, "store": data.fingerprint,
+                      "code": code}, sort_keys=True)
     return Path(cfg.paths.evaluate) / "checkpoints" / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

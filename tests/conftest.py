@@ -25,6 +25,18 @@ def tmp_config(tmp: Path, *overrides: str) -> Config:
     return load_config(compose([*paths, *mlflow, *overrides]))
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """A tiny-preset config with ingest and split already built under a fresh tmp dir."""
+    from recopt.ingest import ingest
+    from recopt.split import run_split
+
+    cfg = tmp_config(tmp_path_factory.mktemp("tiny"), "data.preset=tiny")
+    ingest(cfg)
+    run_split(cfg)
+    return cfg
+
+
 def needs_ml_small() -> Path:
     if not (ML_SMALL / "ratings.csv").exists():
         pytest.skip(f"real MovieLens sample not found at {ML_SMALL}")

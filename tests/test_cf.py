@@ -14,9 +14,7 @@ import scipy.sparse as sp
 
 from recopt.cf import CONFIDENCE, als_factors, fit_als, run_cf_load, training_matrix
 from recopt.config import CFConfig, Config
-from recopt.ingest import ingest
 from recopt.schemas import DataError
-from recopt.split import run_split
 from tests.conftest import tmp_config
 
 
@@ -24,14 +22,6 @@ def make_cfg(root: Path, *overrides: str, inputs: Path | None = None) -> Config:
     """A tiny-preset config writing under `root`, reading ingest/split from `inputs` if given."""
     read = [f"paths.ingest={inputs / 'ingest'}", f"paths.split={inputs / 'split'}"] if inputs else []
     return tmp_config(root, "data.preset=tiny", *read, *overrides)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    cfg = make_cfg(tmp_path_factory.mktemp("tiny"))
-    ingest(cfg)
-    run_split(cfg)
-    return cfg
 
 
 def tiny_inputs(cfg: Config) -> Path:

@@ -23,14 +23,6 @@ def make_cfg(root: Path, *overrides: str, ingest_dir: str | None = None) -> Conf
     return tmp_config(root, "data.preset=tiny", *([f"paths.ingest={ingest_dir}"] if ingest_dir else []), *overrides)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Config:
-    cfg = make_cfg(tmp_path_factory.mktemp("tiny"))
-    ingest(cfg)
-    run_split(cfg)
-    return cfg
-
-
 def copy_inputs(cfg: Config, root: Path, *overrides: str) -> Config:
     """A config on a private copy of `cfg`'s ingest and split outputs."""
     for stage in ("ingest", "split"):
