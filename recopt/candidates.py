@@ -34,7 +34,7 @@ from recopt import features
 from recopt.assembly import HybridInputs
 from recopt.config import CandidatesConfig
 from recopt.filters import first_n_per_row, relax_filters
-from recopt.keys import fetch_widths, first_unseen, isin_sorted, row_keys
+from recopt.keys import fetch_widths, first_unseen, isin_sorted, packing, pair_keys, row_keys
 from recopt.kernels import pair_dots
 
 SOURCE_CF, SOURCE_CONTENT, SOURCE_PROFILE, SOURCE_BACKFILL = 1, 2, 4, 8
@@ -221,19 +221,18 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
     prio = np.concatenate([p_cf, p_pr, p_ct])
     src = np.concatenate([np.full(len(r_cf), SOURCE_CF), np.full(len(r_pr), SOURCE_PROFILE),
                           np.full(len(r_ct), SOURCE_CONTENT)]).astype(np.int64)
-    fresh = ~isin_sorted(rows * n_items + items, seen_keys)
     # dedupe (user, item) keeping the best priority and the union of sources: one sort of
-    # packed int64 keys (user, item, priority, source) instead of a multi-key lexsort
+    # packed keys (user, item, priority, source); seen pairs are then dropped in key order
     n_prio = cfg.n_cf_seed + _SIM_LEVELS + len(ctx.popular) + 1
-    if B * n_prio * n_items * 16 >= 2**63:
-        raise ValueError(f"candidates.batch_users: {B} users x {n_items} items overflow the packed sort keys; "
-                         "use a smaller batch")
-    key = np.sort(((rows[fresh] * n_items + items[fresh]) * n_prio + prio[fresh]) * 16 + src[fresh])
-    pair = key // (16 * n_prio)
+    by_pair = packing(B, n_items, n_prio, 16)
+    key = np.sort(by_pair.pack(rows, items, prio, src))
+    pair = key >> by_pair.shift(1)  # == pair_keys(row, item)
+    fresh = ~isin_sorted(pair, seen_keys)
+    key, pair = key[fresh], pair[fresh]
     starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1]))) if len(pair) else np.zeros(0, int)
-    src = (np.bitwise_or.reduceat(key % 16, starts) if len(starts) else key % 16).astype(np.uint8)
-    prio = (key[starts] // 16) % n_prio
-    rows, items = pair[starts] // n_items, pair[starts] % n_items
+    src = (np.bitwise_or.reduceat(key & 15, starts) if len(starts) else key & 15).astype(np.uint8)
+    first = key[starts]
+    rows, items, prio = by_pair.field(first, 0), by_pair.field(first, 1), by_pair.field(first, 2)
 
     def scorable(r: NDArray[np.int64], i: NDArray[np.int64]) -> NDArray[np.bool_]:
         # the hard rule is per pair: a cold user cannot be scored on a CF-only item
@@ -251,7 +250,8 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
         t = int(min(len(ctx.popular), cfg.min_pool + n_seen[backfill_users].max() + cfg.c_max))
         br = np.repeat(backfill_users.astype(np.int64), t)
         bi = np.tile(ctx.popular[:t].astype(np.int64), len(backfill_users))
-        ok = ~isin_sorted(br * n_items + bi, seen_keys) & ~isin_sorted(br * n_items + bi, np.sort(rows * n_items + items))
+        keys = pair_keys(br, bi, n_items)
+        ok = ~isin_sorted(keys, seen_keys) & ~isin_sorted(keys, np.sort(pair_keys(rows, items, n_items)))
         ok &= scorable(br, bi)
         for name, still in relax.backfill_pass.items():
             if still:
@@ -265,8 +265,9 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
         src = np.concatenate([src, np.full(int(take.sum()), SOURCE_BACKFILL, dtype=np.uint8)])
     src = src.astype(np.int64)
 
-    key = np.sort(((rows * n_prio + prio) * n_items + items) * 16 + src)  # by user, then priority
-    rows, items, src = key // (16 * n_items * n_prio), (key // 16) % n_items, (key % 16).astype(np.uint8)
+    by_rank = packing(B, n_prio, n_items, 16)
+    key = np.sort(by_rank.pack(rows, prio, items, src))  # by user, then priority, then item
+    rows, items, src = by_rank.field(key, 0), by_rank.field(key, 2), by_rank.field(key, 3).astype(np.uint8)
     cap = first_n_per_row(rows, np.full(B, cfg.c_max, dtype=np.int64))
     rows, items, src = rows[cap], items[cap], src[cap]
 

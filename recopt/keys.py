@@ -1,18 +1,61 @@
-"""(user, item) pairs as packed int64 keys `row * n_items + item`: membership tests
-against sorted keys, and "the first n unseen items of each row" — the step every
-retrieval (CF seeds, profile search, popularity) ends with."""
+"""Packed int64 keys: (user, item) pairs as `row << item_bits | item` for membership tests
+against sorted keys, "the first n unseen items of each row" (the step every retrieval —
+CF seeds, profile search, popularity — ends with), and multi-field sort keys.
+
+Bit fields (shifts and masks) rather than `row * n_items + item`: one np.sort of packed
+keys replaces a multi-key lexsort, and unpacking needs no integer division.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 
+@dataclass(frozen=True)
+class Packing:
+    """A bit layout for int64 keys; fields from most to least significant."""
+
+    widths: tuple[int, ...]
+
+    def shift(self, i: int) -> int:
+        return sum(self.widths[i + 1:])
+
+    def pack(self, *fields: NDArray[np.int64]) -> NDArray[np.int64]:
+        key = np.zeros(np.shape(fields[0]), dtype=np.int64)
+        for i, f in enumerate(fields):
+            key |= np.asarray(f, dtype=np.int64) << self.shift(i)
+        return key
+
+    def field(self, key: NDArray[np.int64], i: int) -> NDArray[np.int64]:
+        return (key >> self.shift(i)) & ((1 << self.widths[i]) - 1)
+
+
+def packing(*sizes: int, what: str = "sort key") -> Packing:
+    """Layout for fields taking values in [0, size); ValueError if they do not fit 63 bits."""
+    widths = tuple(max(int(s - 1).bit_length(), 1) for s in sizes)
+    if sum(widths) > 63:
+        raise ValueError(f"{what}: fields of sizes {sizes} need {sum(widths)} bits, more than 63; "
+                         "use a smaller candidates.batch_users")
+    return Packing(widths)
+
+
+def pair_keys(rows: NDArray[np.int64], items: NDArray[np.int64], n_items: int) -> NDArray[np.int64]:
+    """Keys of (row, item) pairs; sorted by row, then item."""
+    return (np.asarray(rows, dtype=np.int64) << item_bits(n_items)) | items
+
+
+def item_bits(n_items: int) -> int:
+    return max(int(n_items - 1).bit_length(), 1)
+
+
 def row_keys(m: sp.csr_matrix, n_items: int) -> NDArray[np.int64]:
-    """Sorted keys of the stored entries of a CSR matrix with sorted indices."""
+    """Sorted pair keys of the stored entries of a CSR matrix with sorted indices."""
     rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
-    return rows * n_items + m.indices.astype(np.int64)
+    return pair_keys(rows, m.indices.astype(np.int64), n_items)
 
 
 def isin_sorted(keys: NDArray[np.int64], sorted_keys: NDArray[np.int64]) -> NDArray[np.bool_]:
@@ -30,7 +73,7 @@ def first_unseen(rows: NDArray[np.int64], candidates: NDArray[np.int64], seen_ke
     rows (r,), candidates (r, w). Returns (items (r, min(n, w)), columns) with -1 where a
     row has fewer than n such candidates; `columns` index into `candidates`.
     """
-    ok = (candidates >= 0) & ~isin_sorted(rows[:, None] * n_items + candidates, seen_keys)
+    ok = (candidates >= 0) & ~isin_sorted(pair_keys(rows[:, None], candidates, n_items), seen_keys)
     order = np.argsort(~ok, axis=1, kind="stable")[:, :n]
     keep = np.take_along_axis(ok, order, axis=1)
     items = np.where(keep, np.take_along_axis(candidates, order, axis=1), -1)
