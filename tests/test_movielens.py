@@ -384,3 +384,17 @@ def test_ragged_lines_are_reported(tmp_path):
     with pytest.raises(DataError, match=r"ratings\.csv: cannot be parsed: .* — fix: make every "
                                         r"line hold exactly the fields userId,movieId,rating,timestamp"):
         read_movielens(folder)
+
+
+def test_ingest_stage_downloads_a_release_through_the_config(server, tmp_path):
+    """data=download end to end: the configured URL, md5 from <url>.md5, unpacked under paths.downloads."""
+    from recopt.ingest import ingest
+    from tests.conftest import tmp_config
+
+    url, root = server
+    publish(root, "ml-tiny", make_zip("ml-tiny"))
+    cfg = tmp_config(tmp_path, "data=download", "data.release=ml-tiny", f"data.url={url}/ml-tiny.zip")
+    manifest = ingest(cfg)
+    assert manifest["counts"]["n_ratings"] == 3
+    assert manifest["source"].endswith("ml-tiny")
+    assert (tmp_path / "downloads" / "ml-tiny" / ".complete").is_file()

@@ -76,7 +76,9 @@ def test_changing_alpha_reruns_only_evaluate(tiny_repo: Path) -> None:
 
 
 def test_hydra_multirun_sweep_logs_every_run(tiny_repo: Path) -> None:
-    out = run_cmd(["python", "-m", "stages.evaluate", "-m", "alpha=0.2,0.9", "data.preset=tiny"], tiny_repo).stdout
+    # jobs in parallel through hydra-joblib-launcher: every run must still be recorded
+    out = run_cmd(["python", "-m", "stages.evaluate", "-m", "alpha=0.2,0.9", "data.preset=tiny",
+                   "hydra/launcher=joblib"], tiny_repo).stdout
     assert "baseline=content_only" in out  # the comparison table printed at the end
     sweeps = sorted((tiny_repo / "data/hydra/sweep").iterdir())
     table = pl.read_csv(sweeps[-1] / "comparison.csv")
