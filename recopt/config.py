@@ -121,6 +121,7 @@ class RerankConfig:
     mmr_lambda: float
     k_final: int
     mmr_pool: int
+    missing_collab: str
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ SPLIT_STRATEGIES = ("temporal_user", "temporal_global", "leave_last_n")
 ENCODERS = ("tfidf", "minilm", "precomputed")
 CF_METHODS = ("als", "precomputed")
 RELAXABLE = ("providers", "genres", "user_providers")
+MISSING_COLLAB = ("user_mean", "content")
 BASELINES = ("popularity", "random", "cf_only", "content_only")
 
 
@@ -313,6 +315,7 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
         problems.append("rerank.w_quality + w_recency + w_provider: must be <= 1")
     _check(problems, "rerank.k_final", r.k_final, low=1)
     _check(problems, "rerank.mmr_pool", r.mmr_pool, low=r.k_final)
+    _check(problems, "rerank.missing_collab", r.missing_collab, choices=MISSING_COLLAB)
     v = c.evaluate
     if not v.alphas:
         problems.append("evaluate.alphas: must list at least one alpha")

@@ -10,6 +10,13 @@ the pool maps to 0.5), then blended:
     final  = (1 - w_q - w_r - w_p) * hybrid + w_q * quality + w_r * recency + w_p * provider
 
 Every output is in [0, 1] and finite.
+
+`rerank.missing_collab` decides what an item without a CF factor gets as collab for a user
+who has one: `user_mean` (default) imputes that user's mean normalised collab over the pool
+(no evidence either way), so alpha keeps its meaning for those items; `content` is the
+literal fallback hybrid = content, which hands every such item a (1 - alpha) * (content -
+collab) head start (on ml-latest-small it filled ~60% of top-10 lists with them). A user
+without any CF factor is scored by content alone under both rules.
 """
 
 from __future__ import annotations
@@ -51,6 +58,21 @@ def blend(content: NDArray[np.float32], collab: NDArray[np.float32], alpha: floa
     return out.astype(np.float32)
 
 
+def impute_user_mean(x: NDArray[np.float32], starts: NDArray[np.int64]) -> NDArray[np.float32]:
+    """Missing values of a user who has some values -> that user's mean over the pool.
+
+    A user with no value at all (a new user without a CF factor) keeps them missing.
+    """
+    if not len(x):
+        return x
+    lengths = np.diff(np.append(starts, len(x)))
+    known = ~np.isnan(x)
+    count = np.add.reduceat(known.astype(np.int64), starts)
+    mean = np.add.reduceat(np.where(known, x, 0.0), starts) / np.maximum(count, 1)
+    fill = np.repeat(np.where(count > 0, mean, np.nan), lengths)
+    return np.where(known, x, fill).astype(np.float32)
+
+
 def final_scores(hybrid: NDArray[np.float32], quality: NDArray[np.float32], recency: NDArray[np.float32],
                  provider: NDArray[np.float32], cfg: RerankConfig) -> NDArray[np.float32]:
     """Add the secondary signals to the hybrid score (all inputs in [0, 1])."""
@@ -81,6 +103,8 @@ def score_pool(rows: NDArray[np.int32], items: NDArray[np.int32], collab: NDArra
     starts = segment_starts(rows)
     content_n = minmax_per_user(content, starts)
     collab_n = minmax_per_user(collab, starts)
+    if cfg.missing_collab == "user_mean":
+        collab_n = impute_user_mean(collab_n, starts)
     hybrid = blend(content_n, collab_n, alpha)
     q, r = item_quality[items], item_recency[items]
     return ScoredPool(rows=rows, items=items, collab=collab_n, content=content_n, hybrid=hybrid, quality=q,

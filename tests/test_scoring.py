@@ -9,14 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recopt.config import RerankConfig
-from recopt.scoring import blend, final_scores, minmax_per_user, score_pool, segment_starts
+from recopt.scoring import blend, final_scores, impute_user_mean, minmax_per_user, score_pool, segment_starts
 
 NAN = np.nan
 
 
-def _rerank(w_quality: float = 0.0, w_recency: float = 0.0, w_provider: float = 0.0) -> RerankConfig:
+def _rerank(w_quality: float = 0.0, w_recency: float = 0.0, w_provider: float = 0.0,
+            missing_collab: str = "user_mean") -> RerankConfig:
     return RerankConfig(w_quality=w_quality, w_recency=w_recency, w_provider=w_provider, mmr_lambda=0.0,
-                        k_final=10, mmr_pool=10)
+                        k_final=10, mmr_pool=10, missing_collab=missing_collab)
 
 
 def _f32(*values: float) -> np.ndarray:
@@ -155,6 +156,27 @@ def test_score_pool_end_to_end_known_answer():
     np.testing.assert_array_equal(sp.items, items)
 
 
+def test_item_without_cf_factor_gets_the_users_mean_collab():
+    # user 0 has a factor; item 3 has none. Normalised collab of items 0..2: 0, 0.5, 1 -> mean 0.5
+    rows = np.array([0, 0, 0, 0], dtype=np.int32)
+    items = np.array([0, 1, 2, 3], dtype=np.int32)
+    collab = _f32(1, 2, 3, NAN)
+    content = _f32(0, 0, 0, 1)  # item 3 is the best content match
+    z = np.zeros(4, dtype=np.float32)
+    mean_rule = score_pool(rows, items, collab, content, z, z, z, 0.25, _rerank())
+    np.testing.assert_allclose(mean_rule.collab, [0.0, 0.5, 1.0, 0.5])
+    np.testing.assert_allclose(mean_rule.hybrid, [0.0, 0.375, 0.75, 0.25 * 1 + 0.75 * 0.5])
+    literal = score_pool(rows, items, collab, content, z, z, z, 0.25, _rerank(missing_collab="content"))
+    np.testing.assert_allclose(literal.hybrid, [0.0, 0.375, 0.75, 1.0])  # the fallback ranks it first
+
+
+def test_impute_user_mean_leaves_users_without_any_value_missing():
+    x = _f32(NAN, NAN, 0.2, NAN, 0.6)
+    out = impute_user_mean(x, np.array([0, 2]))
+    assert np.isnan(out[:2]).all()
+    np.testing.assert_allclose(out[2:], [0.2, 0.4, 0.6])
+
+
 def test_score_pool_alpha_extremes_reduce_to_one_source():
     rows = np.array([0, 0, 0], dtype=np.int32)
     items = np.array([0, 1, 2], dtype=np.int32)
@@ -203,6 +225,9 @@ def test_score_pool_outputs_are_finite_and_in_unit_interval(pool):
         values = getattr(sp, name)
         present = values[~np.isnan(values)]
         assert present.min(initial=0.0) >= 0.0 and present.max(initial=1.0) <= 1.0, name
-    # a raw NaN is never made up into a value
-    assert np.isnan(sp.collab[np.isnan(pool[2])]).all()
+    # a raw content NaN is never made up into a value; a collab NaN only gets the user's mean,
+    # so it stays NaN exactly for users with no collab at all
     assert np.isnan(sp.content[np.isnan(pool[3])]).all()
+    rows, collab = pool[0], pool[2]
+    user_has_collab = np.bincount(rows, weights=~np.isnan(collab), minlength=rows.max() + 1) > 0
+    np.testing.assert_array_equal(np.isnan(sp.collab), np.isnan(collab) & ~user_has_collab[rows])
