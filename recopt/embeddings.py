@@ -253,15 +253,20 @@ def precomputed_embeddings(vectors: Path, ids: Path | None,
 
 
 def mmr_vectors(emb: Floats, mmr_dim: int | None) -> Floats:
-    """`emb` projected on its top `mmr_dim` uncentred principal directions
-    (eigenvectors of EᵀE), rows re-normalised; a copy when mmr_dim is None or
-    >= the width. Zero rows stay zero."""
+    """`emb` projected on its top `mmr_dim` uncentred principal directions (eigenvectors
+    of EᵀE); a copy when mmr_dim is None or >= the width. Zero rows stay zero.
+
+    Rows are NOT re-normalised: for unit rows e, the projections' dot products are the
+    best rank-`mmr_dim` approximation of the cosines e_i.e_j. Re-normalising would
+    inflate every similarity (the leading direction is the common one) and make MMR
+    over-penalise; on ml-latest-small it cut top-10 agreement with exact 384-d MMR
+    from 0.95 to 0.80 at 64 dimensions."""
     if mmr_dim is None or mmr_dim >= emb.shape[1]:
         return emb.copy()
     _, vecs = np.linalg.eigh((emb.T @ emb).astype(np.float64))
     top = vecs[:, ::-1][:, :mmr_dim]
     top *= np.sign(top[np.abs(top).argmax(axis=0), np.arange(mmr_dim)])  # deterministic signs
-    return unit_rows(emb @ top.astype(np.float32))[0]
+    return np.ascontiguousarray(emb @ top.astype(np.float32))
 
 
 def run_embed_load(cfg: Config) -> dict[str, Any]:

@@ -33,8 +33,8 @@ def mmr_select(scores: NDArray[np.float32], items: NDArray[np.int32], vectors: N
     """Greedy MMR per row.
 
     scores, items: (n_users, L), rows sorted by score descending, padded with
-    item -1 / score -inf. vectors: (n_items, d) unit rows (zero rows have no
-    content and so are similar to nothing). Picks up to k items per row
+    item -1 / score -inf. vectors: (n_items, d) whose dot products are the item
+    similarities (zero rows have no content and so are similar to nothing). Picks up to k items per row
     maximising (1 - lam) * score - lam * max cosine to the items already
     picked; ties go to the earlier (higher-scored) item. Returns the picked
     positions into each row (-1 padded) and their MMR objective values.

@@ -5,8 +5,11 @@ MMR greedily picks `k_final` items maximising
 over the user's top `mmr_pool` items by final score (exact MMR over a
 1,200-item pool costs ~50 * 1200 * dim multiply-adds per user; the items
 below the shortlist almost never win a pick). Similarities use the
-`mmr.npy` vectors from embed-load (the embeddings on their leading principal
-directions, re-normalised). With lambda = 0 MMR is plain ranking.
+`mmr.npy` vectors from embed-load: the embeddings projected on their leading
+`embed_load.mmr_dim` principal directions, whose dot products are the best low-rank
+approximation of the embeddings' cosines (on ml-latest-small, 64 dimensions and a
+200-item shortlist keep 95% of exact MMR's top-10 items). With lambda = 0 MMR is plain
+ranking.
 """
 
 from __future__ import annotations
