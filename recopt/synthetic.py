@@ -73,7 +73,7 @@ class _World:
         self.primary = rng.choice(T, size=n_items, p=self.topic_share).astype(np.int32)
         mix = _dirichlet_rows(rng, n_items, T, 0.2)
         self.phi = 0.6 * np.eye(T, dtype=np.float32)[self.primary] + 0.4 * mix
-        self.log_pop = rng.normal(0.0, 2.0, n_items).astype(np.float32)
+        self.log_pop = rng.normal(0.0, 2.8, n_items).astype(np.float32)
         self.item_bias = rng.normal(0.0, 0.35, n_items).astype(np.float32)
         self.year = (2023 - np.minimum(rng.exponential(16.0, n_items), 100)).astype(np.int16)
         self.theta = _dirichlet_rows(rng, n_users, T, 0.25)
@@ -82,8 +82,8 @@ class _World:
         budget = p.n_ratings - _MIN_RATINGS * n_users
         self.activity = np.minimum(_MIN_RATINGS + np.round(extra * budget / extra.sum()),
                                    n_items // 2).astype(np.int64)
-        # p(item | topic) ~ popularity^0.8 * phi[:, topic]
-        w = np.exp(0.8 * (self.log_pop - self.log_pop.max()))[:, None] * self.phi
+        # p(item | topic) ~ popularity * phi[:, topic]: as in MovieLens, most movies get few ratings
+        w = np.exp(self.log_pop - self.log_pop.max())[:, None] * self.phi
         self.topic_item_cdf = np.cumsum(w / w.sum(axis=0, keepdims=True), axis=0).T.copy()
         pop = np.exp(self.log_pop - self.log_pop.max())
         self.pop_cdf = np.cumsum(pop / pop.sum())
@@ -107,14 +107,15 @@ def _draw_pairs(world: _World, rng: np.random.Generator, n_items: int) -> tuple[
     target = world.activity
     keys = np.empty(0, dtype=np.int64)
     need = target.copy()
-    for _ in range(6):  # bounded top-up rounds for users whose draws collided
+    for round_ in range(8):  # bounded top-up rounds for users whose draws collided
         users = np.repeat(np.arange(len(target), dtype=np.int64), need)
         if not len(users):
             break
         items = world.draw_items(rng, users)
         keys = _unique(np.concatenate([keys, users * n_items + items]))
         have = np.bincount(keys // n_items, minlength=len(target))
-        need = np.where(have < target, np.ceil((target - have) * 1.3), 0).astype(np.int64)
+        # popular items collide often: ask for more each round (few users are still short)
+        need = np.where(have < target, np.ceil((target - have) * 1.3 * 2**round_), 0).astype(np.int64)
     have = np.bincount(keys // n_items, minlength=len(target))
     short = np.flatnonzero(have < _MIN_RATINGS)
     for _ in range(50):  # narrow-taste users in a tiny catalog: fill uniformly, bounded
