@@ -72,8 +72,9 @@ class RunResult:
     lists: NDArray[np.int32]       # (n_users, K) catalog indexes, -1 padding
     scores: NDArray[np.float32]
     per_user: dict[str, NDArray[np.float64]]
-    seconds: float = 0.0
+    seconds: float = 0.0           # compute time of its batches, including those resumed from checkpoints
     timed_out: bool = False
+    resumed_batches: int = 0
     summary: dict[str, float] = field(default_factory=dict)
 
 
@@ -197,6 +198,7 @@ def evaluate_run(spec: RunSpec, cfg: Config, data: EvalData, deadline: float | N
     ckpt.mkdir(parents=True, exist_ok=True)
     parts: list[dict[str, NDArray]] = []
     timed_out = False
+    resumed = 0
     by_batch = data.users.partition_by("batch", as_dict=True, maintain_order=True)
     for (batch,), group in sorted(by_batch.items()):
         if time.perf_counter() > limit:
@@ -206,12 +208,15 @@ def evaluate_run(spec: RunSpec, cfg: Config, data: EvalData, deadline: float | N
         if path.exists():
             with np.load(path) as z:
                 parts.append({name: z[name] for name in z.files})
+            resumed += 1
             continue
+        batch_start = time.perf_counter()
         users = group["user"].to_numpy().astype(np.int64)
         ranked = _rank_batch(spec, cfg, data, int(batch), users)
         check_lists(ranked, spec.name)
         part = {"users": ranked.users, "lists": ranked.items, "scores": ranked.scores,
                 **{f"m:{k}": v for k, v in _per_user_metrics(ranked, data, cfg).items()}}
+        part["seconds"] = np.array([time.perf_counter() - batch_start])  # compute time, kept across resumes
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, **part)
         tmp.replace(path)
@@ -224,7 +229,8 @@ def evaluate_run(spec: RunSpec, cfg: Config, data: EvalData, deadline: float | N
         lists=merged.get("lists", np.zeros((0, k), np.int32)),
         scores=merged.get("scores", np.zeros((0, k), np.float32)),
         per_user={name[2:]: v for name, v in merged.items() if name.startswith("m:")},
-        seconds=round(time.perf_counter() - started, 3), timed_out=timed_out,
+        seconds=round(float(merged["seconds"].sum()) if parts else 0.0, 3), timed_out=timed_out,
+        resumed_batches=resumed,
     )
     result.summary = summarise_run(result, data)
     return result

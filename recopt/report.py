@@ -26,7 +26,7 @@ def results_row(r: RunResult, data: EvalData) -> dict[str, Any]:
     row: dict[str, Any] = {
         "run": r.spec.name, "alpha": r.spec.alpha, "users_eval": len(r.users),
         "users_skipped": sum(data.skipped.values()), "mean_cand": round(s["mean_cand"], 1),
-        "alpha_time_sec": r.seconds, "alpha_timed_out": r.timed_out,
+        "alpha_time_sec": r.seconds, "alpha_timed_out": r.timed_out, "resumed_batches": r.resumed_batches,
     }
     for name in ["recall@10", "map@10", *METRIC_COLUMNS]:
         row[name] = s.get(name, float("nan"))
@@ -36,7 +36,7 @@ def results_row(r: RunResult, data: EvalData) -> dict[str, Any]:
 def results_table(results: list[RunResult], data: EvalData) -> pl.DataFrame:
     """One row per run, the user's columns first."""
     rows = [results_row(r, data) for r in results]
-    return pl.DataFrame(rows).select(["run", *USER_COLUMNS, *METRIC_COLUMNS])
+    return pl.DataFrame(rows).select(["run", *USER_COLUMNS, *METRIC_COLUMNS, "resumed_batches"])
 
 
 def slices_table(results: list[RunResult], data: EvalData) -> pl.DataFrame:

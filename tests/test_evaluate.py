@@ -323,8 +323,10 @@ def test_timed_out_run_keeps_finished_batches_and_resumes_to_the_full_result(pip
 
     cfg, data = pipeline
     full = evaluate_run(RunSpec("alpha", 0.5), _fresh(cfg, tmp_path / "full"), data)
-    cut = _with(_fresh(cfg, tmp_path / "cut"), "evaluate", time_limit_alpha_s=2.5)
-    ticks = iter(range(1000))  # a clock that advances 1 s per reading: 2 batches fit in 2.5 s
+    cut = _with(_fresh(cfg, tmp_path / "cut"), "evaluate", time_limit_alpha_s=5.5)
+    # a clock that advances 1 s per reading; a batch reads it 3 times (limit, start, end),
+    # so the limit check before batch 3 reads 7 > 5.5: exactly 2 batches fit
+    ticks = iter(range(1000))
     monkeypatch.setattr(evaluate_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     partial = evaluate_run(RunSpec("alpha", 0.5), cut, data)
     monkeypatch.undo()
