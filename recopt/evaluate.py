@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from tqdm import tqdm
 
 from recopt import metrics
 from recopt.candidates import user_item_matrix
@@ -200,7 +201,8 @@ def evaluate_run(spec: RunSpec, cfg: Config, data: EvalData, deadline: float | N
     timed_out = False
     resumed = 0
     by_batch = data.users.partition_by("batch", as_dict=True, maintain_order=True)
-    for (batch,), group in sorted(by_batch.items()):
+    for (batch,), group in tqdm(sorted(by_batch.items()), desc=spec.name, unit="batch", mininterval=2,
+                                leave=False):
         if time.perf_counter() > limit:
             timed_out = True
             break
