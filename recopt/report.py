@@ -81,7 +81,7 @@ def acceptance_gates(alphas: list[RunResult], baselines: list[RunResult], data: 
         "gate1": {"metric": key, "users": n, "alpha_value": float(a.mean()), "baseline_value": float(b.mean()),
                   "lift": bs.rel, "lift_ci": [bs.rel_lo, bs.rel_hi], "diff": bs.diff,
                   "diff_ci": [bs.diff_lo, bs.diff_hi], "required_lift": cfg.evaluate.gate_min_lift,
-                  "passed": bool(bs.rel >= cfg.evaluate.gate_min_lift)},
+                  "significant": bool(bs.diff_lo > 0), "passed": bool(bs.rel >= cfg.evaluate.gate_min_lift)},
     }
     content = next((r for r in baselines if r.spec.kind == "content_only"), None)
     cold_users = data.users.filter(pl.col("slice") == "cold")["user"].to_numpy()
@@ -155,7 +155,8 @@ def write_report(path: Path, tuning: pl.DataFrame, baselines: pl.DataFrame, slic
             f"1. **{verdict(g1['passed'])}** — best alpha {gates['best_alpha']} vs best baseline "
             f"`{gates['best_baseline']}` on Recall@10 over {g1['users']} users: {g1['alpha_value']:.4f} vs "
             f"{g1['baseline_value']:.4f}, relative lift {g1['lift']:+.2%} (95% CI {g1['lift_ci'][0]:+.2%} .. "
-            f"{g1['lift_ci'][1]:+.2%}); required {g1['required_lift']:+.0%}.",
+            f"{g1['lift_ci'][1]:+.2%}); required {g1['required_lift']:+.0%}"
+            + ("." if g1["significant"] else "; the interval includes no gain, so the lift is not significant."),
             f"2. **{verdict(g2['passed'])}** — cold-start Recall@10, best alpha vs content-only: "
             + (f"{g2['alpha_value']:.4f} vs {g2['content_only_value']:.4f} over {g2['users']} cold users "
                f"(difference {g2['diff']:+.4f}, 95% CI {g2['diff_ci'][0]:+.4f} .. {g2['diff_ci'][1]:+.4f})."

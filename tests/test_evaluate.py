@@ -356,3 +356,17 @@ def test_resume_after_losing_checkpoints_gives_identical_results(pipeline, tmp_p
     _assert_same_run(again, first)
     assert _checkpoints(cfg, spec) == files                           # the lost batches are rebuilt ...
     assert {f: f.stat().st_mtime_ns for f in kept} == kept            # ... the others are read, not redone
+
+
+def test_gate1_says_whether_the_lift_is_significant(base_cfg):
+    users = pl.DataFrame({"user": list(range(200)), "slice": ["warm"] * 200})
+    cfg = _with(base_cfg, "evaluate", gate_min_lift=0.05, bootstrap_samples=300)
+    steady = _result("alpha", 0.5, [0.6] * 200)  # +0.1 for every user
+    noisy = _result("alpha", 0.5, [1.0, 0.0] * 100)  # mean 0.5, per-user differences of +1 / -0.84
+    base = _result("popularity", None, [0.5] * 200)
+    g = acceptance_gates([steady], [base], _eval_data(users), cfg, np.random.default_rng(0))
+    assert g["gate1"]["passed"] is True and g["gate1"]["significant"] is True
+    base_noisy = _result("popularity", None, [0.0, 0.84] * 100)  # mean 0.42: lift +19% but random signs
+    g = acceptance_gates([noisy], [base_noisy], _eval_data(users), cfg, np.random.default_rng(0))
+    assert g["gate1"]["lift"] == pytest.approx(0.5 / 0.42 - 1)
+    assert g["gate1"]["passed"] is True and g["gate1"]["significant"] is False
