@@ -11,13 +11,13 @@ reported at once in one :class:`ConfigError` naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from recopt.typed import build_dataclass, check_value
 
 
 class ConfigError(ValueError):
@@ -164,109 +164,18 @@ MISSING_COLLAB = ("user_mean", "content")
 BASELINES = ("popularity", "random", "cf_only", "content_only")
 
 
-def _build(cls: type, raw: Any, key: str, problems: list[str]) -> Any:
-    """Build dataclass `cls` from `raw`, appending every problem found."""
-    if not isinstance(raw, Mapping):
-        problems.append(f"{key or '<root>'}: expected a mapping, got {type(raw).__name__}")
-        return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for extra in sorted(set(raw) - set(fields)):
-        problems.append(f"{_join(key, extra)}: unknown key (allowed: {', '.join(fields)})")
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        full = _join(key, name)
-        if name not in raw:
-            if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                values[name] = f.default_factory()  # type: ignore[misc]
-                continue
-            problems.append(f"{full}: missing key")
-            continue
-        values[name] = _coerce(hints[name], raw[name], full, problems)
-    if len(values) < len(fields) or any(v is None and not _optional(hints[n]) for n, v in values.items()):
-        return None
-    return cls(**values)
-
-
-def _optional(hint: Any) -> bool:
-    return type(None) in typing.get_args(hint)
-
-
-def _coerce(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value == "???":  # Hydra's mandatory-value marker, never filled in
-        problems.append(f"{key}: required, no value given (set it, e.g. `{key}=...`)")
-        return None
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key, problems)
-    if value is None:
-        problems.append(f"{key}: must not be null")
-        return None
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key, problems)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            problems.append(f"{key}: expected a list, got {value!r}")
-            return []
-        return [_coerce(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            problems.append(f"{key}: expected a mapping, got {value!r}")
-            return {}
-        return {k: _coerce(args[1], v, _join(key, k), problems) for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{key}: expected a number, got {value!r}")
-            return value
-        return float(value)
-    if hint is str and not isinstance(value, str):
-        problems.append(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else str(name)
-
-
-def _check(problems: list[str], key: str, value: Any, *, low: float | None = None,
-           high: float | None = None, low_open: bool = False, choices: tuple[str, ...] | None = None) -> None:
-    """Append a problem when `value` is outside its allowed range or set."""
-    if choices is not None:
-        if value not in choices:
-            problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}")
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return  # already reported as a type problem
-    if low is not None and (value <= low if low_open else value < low):
-        problems.append(f"{key}: {value!r} must be {'>' if low_open else '>='} {low}")
-    if high is not None and value > high:
-        problems.append(f"{key}: {value!r} must be <= {high}")
-
-
 def _check_ranges(c: Config, problems: list[str]) -> None:
-    _check(problems, "alpha", c.alpha, low=0.0, high=1.0)
-    _check(problems, "relevance_threshold", c.relevance_threshold, low=0.5, high=5.0)
-    _check(problems, "seed", c.seed, low=0)
+    check_value(problems, "alpha", c.alpha, low=0.0, high=1.0)
+    check_value(problems, "relevance_threshold", c.relevance_threshold, low=0.5, high=5.0)
+    check_value(problems, "seed", c.seed, low=0)
     d = c.data
-    _check(problems, "data.source", d.source, choices=SOURCES)
+    check_value(problems, "data.source", d.source, choices=SOURCES)
     if d.source == "synthetic":
-        _check(problems, "data.preset", d.preset, choices=tuple(d.presets))
+        check_value(problems, "data.preset", d.preset, choices=tuple(d.presets))
         for name, p in d.presets.items():
-            _check(problems, f"data.presets.{name}.n_users", p.n_users, low=2)
-            _check(problems, f"data.presets.{name}.n_items", p.n_items, low=10)
-            _check(problems, f"data.presets.{name}.n_topics", p.n_topics, low=1)
+            check_value(problems, f"data.presets.{name}.n_users", p.n_users, low=2)
+            check_value(problems, f"data.presets.{name}.n_items", p.n_items, low=10)
+            check_value(problems, f"data.presets.{name}.n_topics", p.n_topics, low=1)
             if p.n_ratings < 20 * p.n_users or p.n_ratings > p.n_users * p.n_items // 2:
                 problems.append(f"data.presets.{name}.n_ratings: {p.n_ratings} must be between "
                                 f"20 * n_users and n_users * n_items / 2")
@@ -275,64 +184,64 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     if d.source == "download" and not (d.release and d.url):
         problems.append("data.release / data.url: required for data=download (e.g. data.release=ml-25m)")
     s = c.split
-    _check(problems, "split.strategy", s.strategy, choices=SPLIT_STRATEGIES)
-    _check(problems, "split.test_frac", s.test_frac, low=0.0, low_open=True, high=0.9)
-    _check(problems, "split.leave_last_n", s.leave_last_n, low=1)
-    _check(problems, "split.cold_user_frac", s.cold_user_frac, low=0.0, high=0.5)
-    _check(problems, "split.cold_user_train_n", s.cold_user_train_n, low=1)
-    _check(problems, "split.heavy_frac", s.heavy_frac, low=0.0, high=0.5)
+    check_value(problems, "split.strategy", s.strategy, choices=SPLIT_STRATEGIES)
+    check_value(problems, "split.test_frac", s.test_frac, low=0.0, low_open=True, high=0.9)
+    check_value(problems, "split.leave_last_n", s.leave_last_n, low=1)
+    check_value(problems, "split.cold_user_frac", s.cold_user_frac, low=0.0, high=0.5)
+    check_value(problems, "split.cold_user_train_n", s.cold_user_train_n, low=1)
+    check_value(problems, "split.heavy_frac", s.heavy_frac, low=0.0, high=0.5)
     e = c.embed_load
-    _check(problems, "embed_load.encoder", e.encoder, choices=ENCODERS)
-    _check(problems, "embed_load.dim", e.dim, low=2)
-    _check(problems, "embed_load.min_df", e.min_df, low=1)
+    check_value(problems, "embed_load.encoder", e.encoder, choices=ENCODERS)
+    check_value(problems, "embed_load.dim", e.dim, low=2)
+    check_value(problems, "embed_load.min_df", e.min_df, low=1)
     if e.mmr_dim is not None:
-        _check(problems, "embed_load.mmr_dim", e.mmr_dim, low=2)
-    _check(problems, "embed_load.batch_size", e.batch_size, low=1)
+        check_value(problems, "embed_load.mmr_dim", e.mmr_dim, low=2)
+    check_value(problems, "embed_load.batch_size", e.batch_size, low=1)
     if e.encoder == "precomputed" and not e.vectors:
         problems.append("embed_load.vectors: required for embed_load.encoder=precomputed")
     f = c.cf_load
-    _check(problems, "cf_load.method", f.method, choices=CF_METHODS)
-    _check(problems, "cf_load.factors", f.factors, low=1)
-    _check(problems, "cf_load.regularization", f.regularization, low=0.0)
-    _check(problems, "cf_load.iterations", f.iterations, low=1)
-    _check(problems, "cf_load.confidence_scale", f.confidence_scale, low=0.0)
-    _check(problems, "cf_load.min_item_ratings", f.min_item_ratings, low=1)
+    check_value(problems, "cf_load.method", f.method, choices=CF_METHODS)
+    check_value(problems, "cf_load.factors", f.factors, low=1)
+    check_value(problems, "cf_load.regularization", f.regularization, low=0.0)
+    check_value(problems, "cf_load.iterations", f.iterations, low=1)
+    check_value(problems, "cf_load.confidence_scale", f.confidence_scale, low=0.0)
+    check_value(problems, "cf_load.min_item_ratings", f.min_item_ratings, low=1)
     if f.method == "precomputed":
         for name in ("user_factors", "user_ids", "item_factors", "item_ids"):
             if not getattr(f, name):
                 problems.append(f"cf_load.{name}: required for cf_load.method=precomputed")
     k = c.candidates
     for name in ("n_cf_seed", "m_recent", "k_neighbours", "c_max", "batch_users"):
-        _check(problems, f"candidates.{name}", getattr(k, name), low=1)
-    _check(problems, "candidates.min_pool", k.min_pool, low=0)
-    _check(problems, "candidates.quality_prior", k.quality_prior, low=0.0)
+        check_value(problems, f"candidates.{name}", getattr(k, name), low=1)
+    check_value(problems, "candidates.min_pool", k.min_pool, low=0)
+    check_value(problems, "candidates.quality_prior", k.quality_prior, low=0.0)
     for i, step in enumerate(k.relax_order):
-        _check(problems, f"candidates.relax_order[{i}]", step, choices=RELAXABLE)
+        check_value(problems, f"candidates.relax_order[{i}]", step, choices=RELAXABLE)
     r = c.rerank
     for name in ("w_quality", "w_recency", "w_provider", "mmr_lambda"):
-        _check(problems, f"rerank.{name}", getattr(r, name), low=0.0, high=1.0)
+        check_value(problems, f"rerank.{name}", getattr(r, name), low=0.0, high=1.0)
     if r.w_quality + r.w_recency + r.w_provider > 1.0:
         problems.append("rerank.w_quality + w_recency + w_provider: must be <= 1")
-    _check(problems, "rerank.k_final", r.k_final, low=1)
-    _check(problems, "rerank.mmr_pool", r.mmr_pool, low=r.k_final)
-    _check(problems, "rerank.missing_collab", r.missing_collab, choices=MISSING_COLLAB)
+    check_value(problems, "rerank.k_final", r.k_final, low=1)
+    check_value(problems, "rerank.mmr_pool", r.mmr_pool, low=r.k_final)
+    check_value(problems, "rerank.missing_collab", r.missing_collab, choices=MISSING_COLLAB)
     v = c.evaluate
     if not v.alphas:
         problems.append("evaluate.alphas: must list at least one alpha")
     for i, a in enumerate(v.alphas):
-        _check(problems, f"evaluate.alphas[{i}]", a, low=0.0, high=1.0)
+        check_value(problems, f"evaluate.alphas[{i}]", a, low=0.0, high=1.0)
     if not v.ks:
         problems.append("evaluate.ks: must list at least one cutoff")
     for i, kk in enumerate(v.ks):
-        _check(problems, f"evaluate.ks[{i}]", kk, low=1, high=r.k_final)
+        check_value(problems, f"evaluate.ks[{i}]", kk, low=1, high=r.k_final)
     if 10 not in v.ks:
         problems.append("evaluate.ks: must contain 10 (Recall@10 drives the gates)")
     for i, b in enumerate(v.baselines):
-        _check(problems, f"evaluate.baselines[{i}]", b, choices=BASELINES)
-    _check(problems, "evaluate.time_limit_alpha_s", v.time_limit_alpha_s, low=0.0, low_open=True)
-    _check(problems, "evaluate.time_limit_total_s", v.time_limit_total_s, low=0.0, low_open=True)
-    _check(problems, "evaluate.bootstrap_samples", v.bootstrap_samples, low=10)
-    _check(problems, "evaluate.gate_min_lift", v.gate_min_lift, low=0.0)
+        check_value(problems, f"evaluate.baselines[{i}]", b, choices=BASELINES)
+    check_value(problems, "evaluate.time_limit_alpha_s", v.time_limit_alpha_s, low=0.0, low_open=True)
+    check_value(problems, "evaluate.time_limit_total_s", v.time_limit_total_s, low=0.0, low_open=True)
+    check_value(problems, "evaluate.bootstrap_samples", v.bootstrap_samples, low=10)
+    check_value(problems, "evaluate.gate_min_lift", v.gate_min_lift, low=0.0)
 
 
 def load_config(raw: Mapping[str, Any], source: str = "config") -> Config:
@@ -341,7 +250,7 @@ def load_config(raw: Mapping[str, Any], source: str = "config") -> Config:
     Raises ConfigError listing every problem, each naming its key.
     """
     problems: list[str] = []
-    cfg = _build(Config, raw, "", problems)
+    cfg = build_dataclass(Config, raw, "", problems)
     if cfg is not None:
         _check_ranges(cfg, problems)
     if problems or cfg is None:
