@@ -30,9 +30,7 @@ from recopt.config import Config
 from recopt.filters import step_labels
 from recopt.io import log, run_stats, timed, write_json, write_parquet
 from recopt.metrics import mark_hits
-
-POOL_COLUMNS = ("user", "item", "collab", "content", "provider", "source")
-
+from recopt.rerank import pad_by_user
 
 def pool_path(root: Path, batch: int) -> Path:
     return Path(root) / "pools" / f"part-{batch:05d}.parquet"
@@ -51,15 +49,12 @@ def _write_batch(b: Batch, path: Path) -> None:
 
 def _pool_recall(b: Batch, users: np.ndarray, relevant) -> tuple[np.ndarray, np.ndarray]:
     """Per batch user: pool size and share of relevant test items in the pool."""
-    local = np.searchsorted(users, b.user)
-    sizes = np.bincount(local, minlength=len(users))
-    width = int(sizes.max()) if len(sizes) and sizes.max() > 0 else 1
-    ranked = np.full((len(users), width), -1, dtype=np.int32)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    ranked[local, np.arange(len(local)) - starts[local]] = b.item
+    present, pools, _ = pad_by_user(b.user, b.item, -1)
+    ranked = np.full((len(users), max(pools.shape[1], 1)), -1, dtype=np.int32)
+    ranked[np.searchsorted(users, present), :pools.shape[1]] = pools
     hits = mark_hits(ranked, relevant[users])
     n_rel = np.diff(relevant[users].indptr)
-    return sizes, np.where(n_rel > 0, hits.sum(axis=1) / np.maximum(n_rel, 1), 0.0)
+    return (ranked >= 0).sum(axis=1), np.where(n_rel > 0, hits.sum(axis=1) / np.maximum(n_rel, 1), 0.0)
 
 
 def run_candidates(cfg: Config) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def evaluate_grid(cfg: Config) -> dict[str, Any]:
                      sweep_id=sweep_id, data_fingerprint=_fingerprint(cfg, data),
                      artifacts=[out / n for n in ("report.md", "alpha_curve.png", "tuning_results.csv",
                                                   "baselines.csv", "slices.csv", "gates.json")])
-    print(to_markdown(table.drop("run").with_columns(run=table["run"]).select(["run", *table.columns[1:]])))
+    print(to_markdown(table))
     return gates
 
 
