@@ -102,11 +102,28 @@ def load_eval_data(cfg: Config) -> EvalData:
 
 
 def _rank_batch(spec: RunSpec, cfg: Config, data: EvalData, batch: int, users: NDArray[np.int64]) -> Ranked:
-    """Top-K lists of `users` (all in pool batch `batch`)."""
+    """Top-K lists of `users` (all in pool batch `batch`), one row per user in order: a user
+    whose pool is empty keeps an empty list (scored 0 on every metric), never dropped."""
+    if spec.kind == "popularity":
+        return popularity_lists(data, users, cfg.rerank.k_final)
+    ranked = _rank_pools(spec, cfg, data, batch, users)
+    row = np.searchsorted(ranked.users, users)
+    found = row < len(ranked.users)
+    found[found] = ranked.users[row[found]] == users[found]
+    if found.all():
+        return ranked
+    k = ranked.items.shape[1]
+    items = np.full((len(users), k), -1, dtype=np.int32)
+    scores = np.zeros((len(users), k), dtype=np.float32)
+    positions = np.full((len(users), k), -1, dtype=np.int64)
+    items[found], scores[found], positions[found] = ranked.items, ranked.scores, ranked.positions
+    return Ranked(users=users.astype(np.int32), items=items, scores=scores, positions=positions)
+
+
+def _rank_pools(spec: RunSpec, cfg: Config, data: EvalData, batch: int, users: NDArray[np.int64]) -> Ranked:
+    """Top-K lists of the users of `users` that have a non-empty pool."""
     r = cfg.rerank
     k = r.k_final
-    if spec.kind == "popularity":
-        return popularity_lists(data, users, k)
     pool = read_pool(Path(cfg.paths.candidates), batch)
     pool = pool.filter(pc.is_in(pool["user"], value_set=pa.array(users.astype(np.int32))))
     rows = pool["user"].to_numpy()

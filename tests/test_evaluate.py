@@ -370,3 +370,28 @@ def test_gate1_says_whether_the_lift_is_significant(base_cfg):
     g = acceptance_gates([noisy], [base_noisy], _eval_data(users), cfg, np.random.default_rng(0))
     assert g["gate1"]["lift"] == pytest.approx(0.5 / 0.42 - 1)
     assert g["gate1"]["passed"] is True and g["gate1"]["significant"] is False
+
+
+def test_users_with_an_empty_pool_are_evaluated_not_dropped(tmp_path):
+    """temporal_global leaves some users with no train rating: no CF factor, no profile, no pool."""
+    from recopt.cf import run_cf_load
+    from recopt.embeddings import run_embed_load
+    from recopt.ingest import ingest
+    from recopt.pools import run_candidates
+    from recopt.split import run_split
+    from tests.conftest import tmp_config
+
+    cfg = tmp_config(tmp_path, "data.preset=tiny", "split.strategy=temporal_global")
+    ingest(cfg)
+    run_split(cfg)
+    run_embed_load(cfg)
+    run_cf_load(cfg)
+    run_candidates(cfg)
+    data = load_eval_data(cfg)
+    empty = data.users.filter(pl.col("pool_size") == 0)["user"].to_numpy()
+    assert len(empty) > 0  # the case under test exists
+    for spec in (RunSpec("alpha", 0.5), RunSpec("random"), RunSpec("cf_only")):
+        r = evaluate_run(spec, cfg, data)
+        np.testing.assert_array_equal(r.users, data.users["user"].to_numpy())
+        rows = np.isin(r.users, empty)
+        assert (r.lists[rows] == -1).all() and (r.per_user["recall@10"][rows] == 0).all()
