@@ -34,7 +34,7 @@ from recopt import features
 from recopt.assembly import HybridInputs
 from recopt.config import CandidatesConfig
 from recopt.filters import first_n_per_row, relax_filters
-from recopt.keys import fetch_widths, first_unseen, isin_sorted, packing, pair_keys, row_keys
+from recopt.keys import fetch_widths, first_unseen, isin_sorted, packing, pair_keys, row_keys, segment_starts
 from recopt.kernels import pair_dots
 
 SOURCE_CF, SOURCE_CONTENT, SOURCE_PROFILE, SOURCE_BACKFILL = 1, 2, 4, 8
@@ -229,7 +229,7 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
     pair = key >> by_pair.shift(1)  # == pair_keys(row, item)
     fresh = ~isin_sorted(pair, seen_keys)
     key, pair = key[fresh], pair[fresh]
-    starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1]))) if len(pair) else np.zeros(0, int)
+    starts = segment_starts(pair)
     src = (np.bitwise_or.reduceat(key & 15, starts) if len(starts) else key & 15).astype(np.uint8)
     first = key[starts]
     rows, items, prio = by_pair.field(first, 0), by_pair.field(first, 1), by_pair.field(first, 2)

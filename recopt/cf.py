@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from recopt.assembly import align_rows, read_ids, vector_problems
 from recopt.config import CFConfig, Config
 from recopt.io import log, run_stats, timed, write_json
+from recopt.keys import isin_sorted
 from recopt.rng import stage_rng
 from recopt.schemas import Problem, check
 
@@ -44,8 +45,7 @@ def index_rows(ids: NDArray[Any], index: NDArray[Any], file: str, column: str, i
                fix: str) -> tuple[NDArray[np.int64], list[Problem]]:
     """Row of each id in the sorted `index` (searchsorted); a Problem when some are absent."""
     pos = np.searchsorted(index, ids)
-    found = pos < len(index)
-    found[found] = index[pos[found]] == ids[found]
+    found = isin_sorted(ids, index)
     if found.all():
         return pos, []
     missing = np.unique(ids[~found])

@@ -29,11 +29,12 @@ from recopt import metrics
 from recopt.candidates import user_item_matrix
 from recopt.config import Config
 from recopt.io import read_json
-from recopt.keys import fetch_widths, first_unseen, row_keys
+from recopt.keys import fetch_widths, first_unseen, isin_sorted, row_keys
 from recopt.pools import read_pool
 from recopt.rerank import Ranked, pad_by_user, rank_pools, top_k
 from recopt.rng import stage_rng
 from recopt.scoring import score_pool
+from recopt.split import read_relevant
 
 BASELINE_ALPHA = {"cf_only": 0.0, "content_only": 1.0}
 
@@ -86,7 +87,6 @@ def load_eval_data(cfg: Config) -> EvalData:
     cand_users = pl.read_parquet(cand / "users.parquet")
     items = pl.read_parquet(cand / "items.parquet")
     item_ids, user_ids = items["movieId"].to_numpy(), users_all["userId"].to_numpy()
-    test = pl.read_parquet(split / "test.parquet").filter(pl.col("rating") >= cfg.relevance_threshold)
     train = pl.read_parquet(split / "train.parquet", columns=["userId", "movieId"])
     pop = items["popularity"].to_numpy().astype(np.float64)
     skipped = {"no_test_interactions": int((users_all["n_test"] == 0).sum()),
@@ -94,7 +94,7 @@ def load_eval_data(cfg: Config) -> EvalData:
     manifest = read_json(cand / "manifest.json")
     return EvalData(
         users=cand_users.filter(pl.col("n_relevant") > 0), items=items,
-        relevant=user_item_matrix(test, user_ids, item_ids), seen=user_item_matrix(train, user_ids, item_ids),
+        relevant=user_item_matrix(read_relevant(split, cfg.relevance_threshold), user_ids, item_ids), seen=user_item_matrix(train, user_ids, item_ids),
         mmr_vectors=np.load(emb / "mmr.npy"), embeddings=np.load(emb / "embeddings.npy", mmap_mode="r"),
         popularity_share=pop / max(pop.sum(), 1.0), n_batches=int(manifest["n_batches"]), skipped=skipped,
         fingerprint=hashlib.sha256((cand / "manifest.json").read_bytes()).hexdigest()[:16],
@@ -107,9 +107,7 @@ def _rank_batch(spec: RunSpec, cfg: Config, data: EvalData, batch: int, users: N
     if spec.kind == "popularity":
         return popularity_lists(data, users, cfg.rerank.k_final)
     ranked = _rank_pools(spec, cfg, data, batch, users)
-    row = np.searchsorted(ranked.users, users)
-    found = row < len(ranked.users)
-    found[found] = ranked.users[row[found]] == users[found]
+    found = isin_sorted(users, ranked.users)  # ranked.users: the users with a pool, ascending
     if found.all():
         return ranked
     k = ranked.items.shape[1]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from recopt.keys import segment_lengths, segment_starts
+
 
 @dataclass(frozen=True)
 class Relaxation:
@@ -70,9 +72,6 @@ def relax_filters(rows: NDArray[np.int32], n_users: int, hard: NDArray[np.bool_]
 
 def first_n_per_row(rows: NDArray[np.int32], n: NDArray[np.int64]) -> NDArray[np.bool_]:
     """Mask of the first n[row] entries of each row; `rows` must be sorted (grouped)."""
-    if not len(rows):
-        return np.zeros(0, dtype=np.bool_)
-    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
-    lengths = np.diff(np.append(starts, len(rows)))
-    position = np.arange(len(rows)) - np.repeat(starts, lengths)
+    starts = segment_starts(rows)
+    position = np.arange(len(rows)) - np.repeat(starts, segment_lengths(starts, len(rows)))
     return position < n[rows]

@@ -80,6 +80,18 @@ def first_unseen(rows: NDArray[np.int64], candidates: NDArray[np.int64], seen_ke
     return items, np.where(keep, order, -1)
 
 
+def segment_starts(grouped: NDArray) -> NDArray[np.int64]:
+    """Start offset of each run of equal values in a grouped (e.g. sorted) array."""
+    if not len(grouped):
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
+
+
+def segment_lengths(starts: NDArray[np.int64], n: int) -> NDArray[np.int64]:
+    """Length of each run, from its start offsets and the array's length."""
+    return np.diff(np.append(starts, n))
+
+
 def fetch_widths(n: int, n_seen: NDArray[np.int64], limit: int) -> NDArray[np.int64]:
     """How many ranked candidates a row must fetch to keep n unseen ones: n + seen, rounded up to a
     power of two (so rows group into few widths), at most `limit`."""

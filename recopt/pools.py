@@ -31,6 +31,7 @@ from recopt.filters import step_labels
 from recopt.io import log, run_stats, timed, write_json, write_parquet
 from recopt.metrics import mark_hits
 from recopt.rerank import pad_by_user
+from recopt.split import read_relevant
 
 def pool_path(root: Path, batch: int) -> Path:
     return Path(root) / "pools" / f"part-{batch:05d}.parquet"
@@ -75,8 +76,7 @@ def run_candidates(cfg: Config) -> dict[str, Any]:
         ctx = build_context(inputs, train, movies, providers, user_providers, eval_users, c,
                             cfg.relevance_threshold)
     # the test split is read only to measure pool recall, after the pools exist
-    test = pl.read_parquet(split / "test.parquet").filter(pl.col("rating") >= cfg.relevance_threshold)
-    relevant = user_item_matrix(test, inputs.user_ids, inputs.item_ids)
+    relevant = user_item_matrix(read_relevant(split, cfg.relevance_threshold), inputs.user_ids, inputs.item_ids)
 
     n_batches = (len(eval_users) + c.batch_users - 1) // c.batch_users
     sizes, recall, steps, batch_of = [], [], [], []

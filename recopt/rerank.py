@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recopt.kernels import mmr_select
-from recopt.scoring import segment_starts
+from recopt.keys import segment_lengths, segment_starts
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Ranked:
 def pad_by_user(rows: NDArray, values: NDArray, fill: float | int) -> tuple[NDArray, NDArray, NDArray]:
     """Grouped flat values -> (users, padded matrix (n_users, max_len), flat positions matrix)."""
     starts = segment_starts(rows)
-    lengths = np.diff(np.append(starts, len(rows)))
+    lengths = segment_lengths(starts, len(rows))
     width = int(lengths.max()) if len(lengths) else 0
     local = np.repeat(np.arange(len(starts)), lengths)
     col = np.arange(len(rows)) - np.repeat(starts, lengths)

@@ -27,20 +27,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recopt.config import RerankConfig
-
-
-def segment_starts(rows: NDArray) -> NDArray[np.int64]:
-    """Start offset of each run of equal values in a grouped array."""
-    if not len(rows):
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+from recopt.keys import segment_lengths, segment_starts
 
 
 def minmax_per_user(x: NDArray[np.float32], starts: NDArray[np.int64]) -> NDArray[np.float32]:
     """Min-max normalise `x` within each segment, ignoring NaN (which stays NaN)."""
     if not len(x):
         return x.astype(np.float32)
-    lengths = np.diff(np.append(starts, len(x)))
+    lengths = segment_lengths(starts, len(x))
     with np.errstate(invalid="ignore"):
         lo = np.repeat(np.fmin.reduceat(x, starts), lengths)
         hi = np.repeat(np.fmax.reduceat(x, starts), lengths)
@@ -65,7 +59,7 @@ def impute_user_mean(x: NDArray[np.float32], starts: NDArray[np.int64]) -> NDArr
     """
     if not len(x):
         return x
-    lengths = np.diff(np.append(starts, len(x)))
+    lengths = segment_lengths(starts, len(x))
     known = ~np.isnan(x)
     count = np.add.reduceat(known.astype(np.int64), starts)
     mean = np.add.reduceat(np.where(known, x, 0.0), starts) / np.maximum(count, 1)

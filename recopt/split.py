@@ -86,6 +86,11 @@ def split_ratings(ratings: pl.DataFrame, cfg: SplitConfig, relevance_threshold: 
     return train, test, users
 
 
+def read_relevant(split_dir: Path, relevance_threshold: float) -> pl.DataFrame:
+    """Test interactions rated >= relevance_threshold: every user's relevant items."""
+    return pl.read_parquet(Path(split_dir) / "test.parquet").filter(pl.col("rating") >= relevance_threshold)
+
+
 def run_split(cfg: Config) -> dict[str, Any]:
     """Run the split stage on paths.ingest, write paths.split; returns its manifest."""
     started, timings = time.perf_counter(), {}

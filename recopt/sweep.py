@@ -119,6 +119,12 @@ def evaluate_grid(cfg: Config) -> dict[str, Any]:
     return gates
 
 
+def _comparison_row(r: RunResult) -> dict[str, Any]:
+    """One run's row of the sweep comparison table."""
+    return {**r.summary, "run": r.spec.name, "alpha": r.spec.alpha, "users_eval": len(r.users),
+            "alpha_time_sec": r.seconds, "alpha_timed_out": r.timed_out}
+
+
 def evaluate_one(cfg: Config, sweep_dir: Path | None, job_num: int | None) -> RunResult:
     """One Hydra job: evaluate `cfg.alpha`, log one MLflow run, leave result.json for the sweep table."""
     data = load_eval_data(cfg)
@@ -126,9 +132,7 @@ def evaluate_one(cfg: Config, sweep_dir: Path | None, job_num: int | None) -> Ru
     sweep_id = f"hydra-{sweep_dir.name}" if sweep_dir else "single"
     _log(cfg, r, data, sweep_id)
     if sweep_dir is not None:
-        row = {**r.summary, "run": r.spec.name, "alpha": cfg.alpha, "users_eval": len(r.users),
-               "alpha_time_sec": r.seconds, "alpha_timed_out": r.timed_out}
-        write_json(sweep_dir / str(job_num) / "result.json", row)
+        write_json(sweep_dir / str(job_num) / "result.json", _comparison_row(r))
     return r
 
 
@@ -140,8 +144,7 @@ def compare_sweep(cfg: Config, sweep_dir: Path) -> pl.DataFrame:
     for kind in cfg.evaluate.baselines:
         r = evaluate_run(RunSpec(kind), cfg, data)
         _log(cfg, r, data, sweep_id)
-        rows.append({**r.summary, "run": r.spec.name, "alpha": None, "users_eval": len(r.users),
-                     "alpha_time_sec": r.seconds, "alpha_timed_out": r.timed_out})
+        rows.append(_comparison_row(r))
     cols = ["run", "alpha", "users_eval", "recall@5", "recall@10", "recall@20", "map@10", "ndcg@10",
             "coverage@10", "novelty@10", "diversity@10", "pool_recall", "alpha_time_sec", "alpha_timed_out"]
     table = pl.DataFrame(rows).select(cols)

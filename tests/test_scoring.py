@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recopt.config import RerankConfig
-from recopt.scoring import blend, final_scores, impute_user_mean, minmax_per_user, score_pool, segment_starts
+from recopt.keys import segment_starts
+from recopt.scoring import blend, final_scores, impute_user_mean, minmax_per_user, score_pool
 
 NAN = np.nan
 
