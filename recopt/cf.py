@@ -32,7 +32,6 @@ from threadpoolctl import threadpool_limits
 from recopt.assembly import align_rows, read_ids, vector_problems
 from recopt.config import CFConfig, Config
 from recopt.io import log, run_stats, timed, write_json
-from recopt.keys import isin_sorted
 from recopt.rng import stage_rng
 from recopt.schemas import Problem, check
 
@@ -44,8 +43,9 @@ CONFIDENCE = "confidence = 1 + confidence_scale * rating / 5"
 def index_rows(ids: NDArray[Any], index: NDArray[Any], file: str, column: str, index_file: str,
                fix: str) -> tuple[NDArray[np.int64], list[Problem]]:
     """Row of each id in the sorted `index` (searchsorted); a Problem when some are absent."""
-    pos = np.searchsorted(index, ids)
-    found = isin_sorted(ids, index)
+    pos = np.searchsorted(index, ids)  # one search gives both the rows and the membership
+    found = pos < len(index)
+    found[found] = index[pos[found]] == ids[found]
     if found.all():
         return pos, []
     missing = np.unique(ids[~found])
