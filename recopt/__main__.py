@@ -1,14 +1,14 @@
-"""Command line: `python -m recopt recommend --user 1 --alpha 0.5 [--k 20] [--params params.yaml]`."""
+"""Command line: `python -m recopt recommend --user 1 [--alpha 0.5] [--k 20] [--fold test] [--hits]`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-import polars as pl
-
-from recopt.config import ConfigError, read_params
-from recopt.recommend import recommend
+from recopt.artifacts import open_artifact
+from recopt.config import FOLDS, ConfigError, read_params
+from recopt.errors import RecoptError
+from recopt.recommend import format_recommendation, recommend
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,18 +16,27 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("recommend", help="show one user's ranked list with every component score")
     rec.add_argument("--user", type=int, required=True, help="MovieLens userId")
-    rec.add_argument("--alpha", type=float, default=None, help="blend weight (default: alpha in params.yaml)")
+    rec.add_argument("--alpha", type=float, default=None,
+                     help="blend weight (default: alpha* chosen on validation, else alpha in params.yaml)")
     rec.add_argument("--k", type=int, default=20, help="list length to show")
+    rec.add_argument("--fold", choices=FOLDS, default="test", help="which fold's models and pools")
+    rec.add_argument("--hits", action="store_true", help="mark the user's relevant held-out items")
     rec.add_argument("--params", default="params.yaml", help="composed config of the built pipeline")
     args = parser.parse_args(argv)
     try:
         cfg = read_params(args.params)
-        table = recommend(cfg, args.user, cfg.alpha if args.alpha is None else args.alpha, args.k)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+        alpha, beta = args.alpha, None
+        if alpha is None:
+            try:  # the choices of the tune fold, when it has been evaluated
+                sel = open_artifact(cfg.paths, "evaluate", "tune", reader="recommend").json("selection")
+                alpha, beta = sel["alpha"]["chosen"], sel["cold_start"]["beta"]
+            except RecoptError:
+                alpha = cfg.alpha
+        out = recommend(cfg, args.user, alpha, args.k, args.fold, beta)
+    except (ConfigError, RecoptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=220, fmt_str_lengths=40, float_precision=3):
-        print(table)
+    print(format_recommendation(out, args.hits))
     return 0
 
 

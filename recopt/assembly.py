@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from recopt.config import Config
+from recopt.artifacts import Stored, dvc_name
 from recopt.schemas import Problem, check
 
 Ids = NDArray[np.int64]
@@ -122,17 +122,13 @@ class HybridInputs:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _load_arrays(folder: Path, kinds: dict[str, str], stage: str,
-                 problems: list[Problem]) -> dict[str, NDArray[Any]]:
+def _load_arrays(art: Stored, kinds: dict[str, str], problems: list[Problem]) -> dict[str, NDArray[Any]]:
     arrays = {}
     for name, kind in kinds.items():
-        path = folder / f"{name}.npy"
-        if not path.exists():
-            problems.append(Problem(str(path), None, "is missing", f"run `dvc repro {stage}`"))
-            continue
-        arr = np.load(path, allow_pickle=False)
+        arr = art.npy(name)
         if arr.dtype.kind != kind or (kind == "f" and arr.dtype != np.float32):
-            problems.append(Problem(str(path), None, f"has dtype {arr.dtype}", f"run `dvc repro {stage}`"))
+            problems.append(Problem(str(art.path(name)), None, f"has dtype {arr.dtype}",
+                                    f"run `dvc repro {dvc_name(art.stage, art.fold)}`"))
         arrays[name] = arr
     return arrays
 
@@ -150,54 +146,51 @@ def _alignment_problem(path: Path, ids: NDArray[Any], index: NDArray[Any], index
                     f"re-run the stage: `dvc repro {stage}` (or `dvc repro` for the whole pipeline)")]
 
 
-def _row_problems(folder: Path, arrays: dict[str, NDArray[Any]], rows: dict[str, int], stage: str) -> list[Problem]:
+def _row_problems(art: Stored, arrays: dict[str, NDArray[Any]], rows: dict[str, int]) -> list[Problem]:
     problems = []
     for name, n in rows.items():
         arr = arrays.get(name)
         want_2d = arr is not None and arr.dtype.kind == "f"
         if arr is not None and (len(arr) != n or arr.ndim != (2 if want_2d else 1)):
-            problems.append(Problem(str(folder / f"{name}.npy"), None,
+            problems.append(Problem(str(art.path(name)), None,
                                     f"has shape {arr.shape}, expected {n} {'rows' if want_2d else 'entries'}",
-                                    f"run `dvc repro {stage}`"))
+                                    f"run `dvc repro {dvc_name(art.stage, art.fold)}`"))
     return problems
 
 
-def load_hybrid_inputs(cfg: Config) -> HybridInputs:
-    """Load embed-load and cf-load artifacts and check they share the current indexes.
+def load_hybrid_inputs(ingest: Stored, split: Stored, embed: Stored, cf: Stored) -> HybridInputs:
+    """The embed-load and cf-load arrays of one fold, checked to share the current indexes.
 
-    Raises DataError listing every missing, mis-shaped or misaligned file.
+    Raises DataError listing every mis-typed, mis-shaped or misaligned file.
     """
-    movies_file = Path(cfg.paths.ingest) / "movies.parquet"
-    users_file = Path(cfg.paths.split) / "users.parquet"
-    embed_dir, cf_dir = Path(cfg.paths.embed_load), Path(cfg.paths.cf_load)
-    catalog = pl.read_parquet(movies_file, columns=["movieId"])["movieId"].to_numpy()
-    users = pl.read_parquet(users_file, columns=["userId"])["userId"].to_numpy()
+    movies_file, users_file = ingest.path("movies"), split.path("users")
+    catalog = ingest.parquet("movies", columns=["movieId"])["movieId"].to_numpy()
+    users = split.parquet("users", columns=["userId"])["userId"].to_numpy()
     problems: list[Problem] = []
-    emb = _load_arrays(embed_dir, _EMBED_ARRAYS, "embed-load", problems)
-    cf = _load_arrays(cf_dir, _CF_ARRAYS, "cf-load", problems)
+    emb = _load_arrays(embed, _EMBED_ARRAYS, problems)
+    factors = _load_arrays(cf, _CF_ARRAYS, problems)
     n_items, n_users = len(catalog), len(users)
-    for folder, arrays, stage, ids_name, index, index_file in (
-            (embed_dir, emb, "embed-load", "item_ids", catalog, movies_file),
-            (cf_dir, cf, "cf-load", "item_ids", catalog, movies_file),
-            (cf_dir, cf, "cf-load", "user_ids", users, users_file)):
-        if ids_name in arrays:
-            problems += _alignment_problem(folder / f"{ids_name}.npy", arrays[ids_name], index, index_file, stage)
-    problems += _row_problems(embed_dir, emb, {"embeddings": n_items, "mmr": n_items, "has_content": n_items},
-                              "embed-load")
-    problems += _row_problems(cf_dir, cf, {"user_factors": n_users, "user_has_cf": n_users,
-                                           "item_factors": n_items, "item_has_cf": n_items}, "cf-load")
-    uf, vf = cf.get("user_factors"), cf.get("item_factors")
-    if uf is not None and vf is not None and uf.ndim == vf.ndim == 2 and uf.shape[1] != vf.shape[1]:
-        problems.append(Problem(str(cf_dir), None, f"user factors have {uf.shape[1]} columns, item factors "
-                                f"{vf.shape[1]}", "run `dvc repro cf-load`"))
+    for art, arrays, ids_name, index, index_file in (
+            (embed, emb, "item_ids", catalog, movies_file),
+            (cf, factors, "item_ids", catalog, movies_file),
+            (cf, factors, "user_ids", users, users_file)):
+        problems += _alignment_problem(art.path(ids_name), arrays[ids_name], index, index_file,
+                                       dvc_name(art.stage, art.fold))
+    problems += _row_problems(embed, emb, {"embeddings": n_items, "mmr": n_items, "has_content": n_items})
+    problems += _row_problems(cf, factors, {"user_factors": n_users, "user_has_cf": n_users,
+                                            "item_factors": n_items, "item_has_cf": n_items})
+    uf, vf = factors["user_factors"], factors["item_factors"]
+    if uf.ndim == vf.ndim == 2 and uf.shape[1] != vf.shape[1]:
+        problems.append(Problem(str(cf.root), None, f"user factors have {uf.shape[1]} columns, item factors "
+                                f"{vf.shape[1]}", f"run `dvc repro {dvc_name(cf.stage, cf.fold)}`"))
     check(problems)
-    files = {f"embed_load.{n}": str(embed_dir / f"{n}.npy") for n in _EMBED_ARRAYS}
-    files |= {f"cf_load.{n}": str(cf_dir / f"{n}.npy") for n in _CF_ARRAYS}
+    files = {f"embed_load.{n}": str(embed.path(n)) for n in _EMBED_ARRAYS}
+    files |= {f"cf_load.{n}": str(cf.path(n)) for n in _CF_ARRAYS}
     files |= {"catalog": str(movies_file), "users": str(users_file)}
     return HybridInputs(item_ids=catalog.astype(np.int32), user_ids=users.astype(np.int32),
                         embeddings=emb["embeddings"], mmr=emb["mmr"], has_content=emb["has_content"],
-                        user_factors=cf["user_factors"], item_factors=cf["item_factors"],
-                        user_has_cf=cf["user_has_cf"], item_has_cf=cf["item_has_cf"], files=files)
+                        user_factors=factors["user_factors"], item_factors=factors["item_factors"],
+                        user_has_cf=factors["user_has_cf"], item_has_cf=factors["item_has_cf"], files=files)
 
 
 def assembly_manifest(inputs: HybridInputs) -> dict[str, Any]:

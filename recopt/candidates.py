@@ -6,7 +6,9 @@ function of the config, the shared arrays and its user range):
 1. CF seeds: the top `n_cf_seed` unseen items by u.v among items with a CF
    factor (faiss exact inner-product search). Users without a CF factor get a
    content-profile retrieval instead: top `n_cf_seed` unseen items by cosine
-   to their profile (the rating-weighted mean embedding of liked train items).
+   to their profile (the rating-weighted mean embedding of liked train items),
+   plus the `n_popular_cold` most popular unseen items (so the cold-start
+   prior has the popular items to rank; they share the seeds' rank priorities).
 2. Content expansion: the `k_neighbours` nearest content neighbours of each of
    the user's `m_recent` most recent liked train items (rating >= the
    relevance threshold; users with no liked item use their most recent items).
@@ -17,7 +19,12 @@ function of the config, the shared arrays and its user range):
 4. Component scores: collab = u.v (NaN when user or item has no factor),
    content = cosine(profile, item) (NaN when either has no content).
 
-Source flags: 1 CF seed, 2 content neighbour, 4 profile retrieval, 8 backfill.
+Source flags: 1 CF seed, 2 content neighbour, 4 profile retrieval, 8 backfill,
+16 popular (users without a CF factor).
+
+Seen items are excluded with a per-batch bitset (one bit per (user, item)).
+Everything a batch reads is in :class:`Context` (plain arrays, picklable), so a
+batch runs the same in a local worker thread or a Ray task.
 """
 
 from __future__ import annotations
@@ -34,11 +41,13 @@ from recopt import features
 from recopt.assembly import HybridInputs
 from recopt.config import CandidatesConfig
 from recopt.filters import first_n_per_row, relax_filters
-from recopt.keys import fetch_widths, first_unseen, isin_sorted, packing, pair_keys, row_keys, segment_starts
+from recopt.keys import (fetch_widths, first_unseen, is_seen, isin_sorted, packing, pair_keys, seen_bitset,
+                         segment_starts)
 from recopt.kernels import pair_dots
 
-SOURCE_CF, SOURCE_CONTENT, SOURCE_PROFILE, SOURCE_BACKFILL = 1, 2, 4, 8
-SOURCES = {"cf": SOURCE_CF, "content": SOURCE_CONTENT, "profile": SOURCE_PROFILE, "backfill": SOURCE_BACKFILL}
+SOURCE_CF, SOURCE_CONTENT, SOURCE_PROFILE, SOURCE_BACKFILL, SOURCE_POPULAR = 1, 2, 4, 8, 16
+SOURCES = {"cf": SOURCE_CF, "content": SOURCE_CONTENT, "profile": SOURCE_PROFILE, "backfill": SOURCE_BACKFILL,
+           "popular": SOURCE_POPULAR}
 _SIM_LEVELS = 2001  # neighbour similarity in [-1, 1] quantised to 1e-3
 
 
@@ -46,15 +55,16 @@ _SIM_LEVELS = 2001  # neighbour similarity in [-1, 1] quantised to 1e-3
 class Context:
     """Arrays every batch reads (built once from train data and the hybrid inputs)."""
 
+    cfg: CandidatesConfig
     inputs: HybridInputs
     seen: sp.csr_matrix            # users x items, train interactions
     liked: sp.csr_matrix           # users x items, profile weights
     anchors: sp.csr_matrix         # users x items, the m most recent liked items
     neighbours: NDArray[np.int32]  # items x k, -1 where not computed / none
     neighbour_sims: NDArray[np.float32]
-    cf_index: faiss.Index
+    cf_vectors: NDArray[np.float32]       # item factors of the items with one (rows of cf_items)
     cf_items: NDArray[np.int64]
-    content_index: faiss.Index
+    content_vectors: NDArray[np.float32]  # embeddings of the items with content
     content_items: NDArray[np.int64]
     hard_item: NDArray[np.bool_]   # not blocklisted and scorable by some component
     soft_item: dict[str, NDArray[np.bool_]]
@@ -77,12 +87,14 @@ class Batch:
     step: NDArray[np.int16]        # per batch user: relaxation step taken
 
 
-def _flat_index(vectors: NDArray[np.float32], mask: NDArray[np.bool_]) -> tuple[faiss.Index, NDArray[np.int64]]:
+def _subset(vectors: NDArray[np.float32], mask: NDArray[np.bool_]) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     items = np.flatnonzero(mask).astype(np.int64)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    if len(items):
-        index.add(np.ascontiguousarray(vectors[items], dtype=np.float32))
-    return index, items
+    return np.ascontiguousarray(vectors[items], dtype=np.float32), items
+
+
+def search_ip(queries: NDArray[np.float32], base: NDArray[np.float32], k: int) -> tuple[NDArray, NDArray]:
+    """Exact top-k inner products (faiss, brute force, no index object): (scores, rows of `base`)."""
+    return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), base, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def user_item_matrix(df: pl.DataFrame, user_ids: NDArray, item_ids: NDArray,
@@ -112,18 +124,19 @@ def _liked_and_anchors(train: pl.DataFrame, user_ids: NDArray, item_ids: NDArray
     return liked, anchors
 
 
-def _neighbour_table(ctx_index: faiss.Index, content_items: NDArray[np.int64], embeddings: NDArray[np.float32],
-                     anchor_items: NDArray[np.int64], k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+def _neighbour_table(content_vectors: NDArray[np.float32], content_items: NDArray[np.int64],
+                     embeddings: NDArray[np.float32], anchor_items: NDArray[np.int64],
+                     k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
     """k nearest content neighbours (self excluded) of each anchor item, catalog-indexed."""
     n_items = len(embeddings)
     nb = np.full((n_items, k), -1, dtype=np.int32)
     sims = np.zeros((n_items, k), dtype=np.float32)
-    if not len(anchor_items) or ctx_index.ntotal == 0:
+    if not len(anchor_items) or not len(content_items):
         return nb, sims
-    kk = min(k + 1, ctx_index.ntotal)
+    kk = min(k + 1, len(content_items))
     for start in range(0, len(anchor_items), 8192):
         a = anchor_items[start:start + 8192]
-        D, I = ctx_index.search(np.ascontiguousarray(embeddings[a]), kk)
+        D, I = search_ip(embeddings[a], content_vectors, kk)
         items = np.where(I >= 0, content_items[np.maximum(I, 0)], -1)
         not_self = (items != a[:, None]) & (items >= 0)
         order = np.argsort(~not_self, axis=1, kind="stable")[:, :k]
@@ -140,13 +153,13 @@ def build_context(inputs: HybridInputs, train: pl.DataFrame, movies: pl.DataFram
     item_ids, user_ids = inputs.item_ids, inputs.user_ids
     seen = user_item_matrix(train, user_ids, item_ids)
     liked, anchors = _liked_and_anchors(train, user_ids, item_ids, threshold, cfg.m_recent)
-    cf_index, cf_items = _flat_index(inputs.item_factors, inputs.item_has_cf)
-    content_index, content_items = _flat_index(inputs.embeddings, inputs.has_content)
+    cf_vectors, cf_items = _subset(inputs.item_factors, inputs.item_has_cf)
+    content_vectors, content_items = _subset(inputs.embeddings, inputs.has_content)
     anchor_items = np.unique(anchors[eval_users].indices).astype(np.int64)
     # an item without content has no content neighbours (its zero query would return
     # arbitrary index rows at similarity 0)
     anchor_items = anchor_items[inputs.has_content[anchor_items]]
-    neighbours, sims = _neighbour_table(content_index, content_items, inputs.embeddings, anchor_items,
+    neighbours, sims = _neighbour_table(content_vectors, content_items, inputs.embeddings, anchor_items,
                                         cfg.k_neighbours)
     f = cfg.filters
     hard = (inputs.has_content | inputs.item_has_cf) & ~np.isin(item_ids, np.asarray(f.blocklist, dtype=np.int64))
@@ -161,27 +174,26 @@ def build_context(inputs: HybridInputs, train: pl.DataFrame, movies: pl.DataFram
         soft["providers"] = features.any_provider(item_bits, f.providers, names)
     pop = features.popularity(train, item_ids)
     order = np.argsort(-pop, kind="stable").astype(np.int32)
-    return Context(inputs=inputs, seen=seen, liked=liked, anchors=anchors, neighbours=neighbours,
-                   neighbour_sims=sims, cf_index=cf_index, cf_items=cf_items, content_index=content_index,
+    return Context(cfg=cfg, inputs=inputs, seen=seen, liked=liked, anchors=anchors, neighbours=neighbours,
+                   neighbour_sims=sims, cf_vectors=cf_vectors, cf_items=cf_items, content_vectors=content_vectors,
                    content_items=content_items, hard_item=hard, soft_item=soft, item_bits=item_bits,
                    user_bits=user_bits, use_user_providers=f.user_providers, popular=order[hard[order]])
 
 
-def _top_unseen(index: faiss.Index, index_items: NDArray[np.int64], queries: NDArray[np.float32],
-                rows: NDArray[np.int64], n: int, n_seen: NDArray[np.int64], seen_keys: NDArray[np.int64],
-                n_items: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+def _top_unseen(base: NDArray[np.float32], base_items: NDArray[np.int64], queries: NDArray[np.float32],
+                rows: NDArray[np.int64], n: int, n_seen: NDArray[np.int64],
+                seen: NDArray[np.uint8]) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
     """Top-n unseen items per query: (rows, items, rank). Queries are grouped by how
     many results they must fetch (n + seen, rounded up to a power of two)."""
-    if not len(rows) or index.ntotal == 0:
+    if not len(rows) or not len(base_items):
         e = np.zeros(0, dtype=np.int64)
         return e, e, e
-    need = fetch_widths(n, n_seen, index.ntotal)
+    need = fetch_widths(n, n_seen, len(base_items))
     out_r, out_i, out_rank = [], [], []
     for kb in np.unique(need):
         sel = np.flatnonzero(need == kb)
-        _, I = index.search(np.ascontiguousarray(queries[sel], dtype=np.float32), int(kb))
-        items, _ = first_unseen(rows[sel], np.where(I >= 0, index_items[np.maximum(I, 0)], -1), seen_keys,
-                                n_items, n)
+        _, I = search_ip(queries[sel], base, int(kb))
+        items, _ = first_unseen(rows[sel], np.where(I >= 0, base_items[np.maximum(I, 0)], -1), seen, n)
         keep = items >= 0
         out_r.append(np.broadcast_to(rows[sel, None], items.shape)[keep])
         out_i.append(items[keep])
@@ -189,25 +201,47 @@ def _top_unseen(index: faiss.Index, index_items: NDArray[np.int64], queries: NDA
     return np.concatenate(out_r), np.concatenate(out_i), np.concatenate(out_rank)
 
 
-def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -> Batch:
-    """Candidate pools of `users` (user indexes), a pure function of its arguments."""
-    inp = ctx.inputs
-    n_items, B = len(inp.item_ids), len(users)
-    seen_b = ctx.seen[users]
-    seen_keys = row_keys(seen_b, n_items)
-    n_seen = np.diff(seen_b.indptr).astype(np.int64)
-    profiles = np.asarray(ctx.liked[users] @ inp.embeddings, dtype=np.float32)
+def _popular_unseen(popular: NDArray[np.int32], rows: NDArray[np.int64], n: int, n_seen: NDArray[np.int64],
+                    seen: NDArray[np.uint8]) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """The n most popular unseen items of each row: (rows, items, rank)."""
+    if not len(rows) or not len(popular) or n == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, e
+    width = int(min(len(popular), n + n_seen.max()))
+    items, _ = first_unseen(rows, np.broadcast_to(popular[:width].astype(np.int64), (len(rows), width)), seen, n)
+    keep = items >= 0
+    return (np.broadcast_to(rows[:, None], items.shape)[keep], items[keep],
+            np.broadcast_to(np.arange(items.shape[1]), items.shape)[keep])
+
+
+def user_profiles(liked: sp.csr_matrix, embeddings: NDArray[np.float32],
+                  users: NDArray[np.int64]) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """Unit content profiles of `users` (weighted mean embedding of liked train items) and
+    which users have one."""
+    profiles = np.asarray(liked[users] @ embeddings, dtype=np.float32)
     norms = np.linalg.norm(profiles, axis=1)
     has_profile = norms > 1e-9
     profiles[has_profile] /= norms[has_profile, None]
+    return profiles, has_profile
+
+
+def build_batch(ctx: Context, users: NDArray[np.int64]) -> Batch:
+    """Candidate pools of `users` (user indexes), a pure function of its arguments."""
+    inp, cfg = ctx.inputs, ctx.cfg
+    n_items, B = len(inp.item_ids), len(users)
+    seen_b = ctx.seen[users]
+    seen = seen_bitset(seen_b)
+    n_seen = np.diff(seen_b.indptr).astype(np.int64)
+    profiles, has_profile = user_profiles(ctx.liked, inp.embeddings, users)
     has_cf = inp.user_has_cf[users]
     local = np.arange(B, dtype=np.int64)
 
-    r_cf, i_cf, p_cf = _top_unseen(ctx.cf_index, ctx.cf_items, inp.user_factors[users[has_cf]], local[has_cf],
-                                   cfg.n_cf_seed, n_seen[has_cf], seen_keys, n_items)
+    r_cf, i_cf, p_cf = _top_unseen(ctx.cf_vectors, ctx.cf_items, inp.user_factors[users[has_cf]], local[has_cf],
+                                   cfg.n_cf_seed, n_seen[has_cf], seen)
     cold = ~has_cf & has_profile
-    r_pr, i_pr, p_pr = _top_unseen(ctx.content_index, ctx.content_items, profiles[cold], local[cold],
-                                   cfg.n_cf_seed, n_seen[cold], seen_keys, n_items)
+    r_pr, i_pr, p_pr = _top_unseen(ctx.content_vectors, ctx.content_items, profiles[cold], local[cold],
+                                   cfg.n_cf_seed, n_seen[cold], seen)
+    r_po, i_po, p_po = _popular_unseen(ctx.popular, local[~has_cf], cfg.n_popular_cold, n_seen[~has_cf], seen)
     anc = ctx.anchors[users].tocoo()
     nb = ctx.neighbours[anc.col]
     r_ct = np.repeat(anc.row.astype(np.int64), nb.shape[1])
@@ -216,21 +250,20 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
     valid = i_ct >= 0
     r_ct, i_ct, p_ct = r_ct[valid], i_ct[valid], p_ct[valid]
 
-    rows = np.concatenate([r_cf, r_pr, r_ct])
-    items = np.concatenate([i_cf, i_pr, i_ct])
-    prio = np.concatenate([p_cf, p_pr, p_ct])
+    rows = np.concatenate([r_cf, r_pr, r_po, r_ct])
+    items = np.concatenate([i_cf, i_pr, i_po, i_ct])
+    prio = np.concatenate([p_cf, p_pr, p_po, p_ct])
     src = np.concatenate([np.full(len(r_cf), SOURCE_CF), np.full(len(r_pr), SOURCE_PROFILE),
-                          np.full(len(r_ct), SOURCE_CONTENT)]).astype(np.int64)
+                          np.full(len(r_po), SOURCE_POPULAR), np.full(len(r_ct), SOURCE_CONTENT)]).astype(np.int64)
     # dedupe (user, item) keeping the best priority and the union of sources: one sort of
-    # packed keys (user, item, priority, source); seen pairs are then dropped in key order
+    # packed keys (user, item, priority, source); seen pairs are then dropped
     n_prio = cfg.n_cf_seed + _SIM_LEVELS + len(ctx.popular) + 1
-    by_pair = packing(B, n_items, n_prio, 16)
+    by_pair = packing(B, n_items, n_prio, 32)
     key = np.sort(by_pair.pack(rows, items, prio, src))
+    key = key[~is_seen(seen, by_pair.field(key, 0), by_pair.field(key, 1))]
     pair = key >> by_pair.shift(1)  # == pair_keys(row, item)
-    fresh = ~isin_sorted(pair, seen_keys)
-    key, pair = key[fresh], pair[fresh]
     starts = segment_starts(pair)
-    src = (np.bitwise_or.reduceat(key & 15, starts) if len(starts) else key & 15).astype(np.uint8)
+    src = (np.bitwise_or.reduceat(key & 31, starts) if len(starts) else key & 31).astype(np.uint8)
     first = key[starts]
     rows, items, prio = by_pair.field(first, 0), by_pair.field(first, 1), by_pair.field(first, 2)
 
@@ -251,7 +284,7 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
         br = np.repeat(backfill_users.astype(np.int64), t)
         bi = np.tile(ctx.popular[:t].astype(np.int64), len(backfill_users))
         keys = pair_keys(br, bi, n_items)
-        ok = ~isin_sorted(keys, seen_keys) & ~isin_sorted(keys, np.sort(pair_keys(rows, items, n_items)))
+        ok = ~is_seen(seen, br, bi) & ~isin_sorted(keys, np.sort(pair_keys(rows, items, n_items)))
         ok &= scorable(br, bi)
         for name, still in relax.backfill_pass.items():
             if still:
@@ -265,7 +298,7 @@ def build_batch(ctx: Context, cfg: CandidatesConfig, users: NDArray[np.int64]) -
         src = np.concatenate([src, np.full(int(take.sum()), SOURCE_BACKFILL, dtype=np.uint8)])
     src = src.astype(np.int64)
 
-    by_rank = packing(B, n_prio, n_items, 16)
+    by_rank = packing(B, n_prio, n_items, 32)
     key = np.sort(by_rank.pack(rows, prio, items, src))  # by user, then priority, then item
     rows, items, src = by_rank.field(key, 0), by_rank.field(key, 2), by_rank.field(key, 3).astype(np.uint8)
     cap = first_n_per_row(rows, np.full(B, cfg.c_max, dtype=np.int64))

@@ -19,7 +19,6 @@ Methods (``cf_load.method``):
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,11 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
+from recopt.artifacts import open_artifact, output
 from recopt.assembly import align_rows, read_ids, vector_problems
 from recopt.config import CFConfig, Config
-from recopt.io import log, run_stats, timed, write_json
 from recopt.rng import stage_rng
+from recopt.runlog import log, timed
 from recopt.schemas import Problem, check
 
 Floats = NDArray[np.float32]
@@ -169,45 +169,46 @@ def precomputed_factors(cf: CFConfig, user_ids: NDArray[Any],
                                               "item_ids_not_in_catalog": item_unknown}
 
 
-def run_cf_load(cfg: Config) -> dict[str, Any]:
-    """Run the cf-load stage: read paths.split (+ the catalog), write paths.cf_load."""
-    started, timings = time.perf_counter(), {}
-    cf, split, out = cfg.cf_load, Path(cfg.paths.split), Path(cfg.paths.cf_load)
-    with timed("read", timings):
-        item_ids = pl.read_parquet(Path(cfg.paths.ingest) / "movies.parquet", columns=["movieId"])["movieId"]
-        item_ids = item_ids.to_numpy().astype(np.int32)
-        users = pl.read_parquet(split / "users.parquet", columns=["userId", "slice"])
-        user_ids = users["userId"].to_numpy().astype(np.int32)
-    params: dict[str, Any] = {"method": cf.method}
-    if cf.method == "als":
-        random_state = int(stage_rng(cfg.seed, "cf_load").integers(2**31 - 1))
-        with timed("read_train", timings):
-            train = pl.read_parquet(split / "train.parquet", columns=["userId", "movieId", "rating"])
-        with timed("als", timings):
-            user_f, item_f, user_ok, item_ok, counts = als_factors(train, users, item_ids, cf, random_state,
-                                                                   split_dir=split)
-        params |= {"factors": cf.factors, "regularization": cf.regularization, "iterations": cf.iterations,
-                   "confidence_scale": cf.confidence_scale, "confidence": CONFIDENCE,
-                   "min_item_ratings": cf.min_item_ratings, "random_state": random_state,
-                   "library": "implicit.cpu.als.AlternatingLeastSquares"}
-    else:
-        with timed("precomputed", timings):
-            user_f, item_f, user_ok, item_ok, counts = precomputed_factors(cf, user_ids, item_ids)
-        params |= {"factors": user_f.shape[1], "user_factors": cf.user_factors, "user_ids": cf.user_ids,
-                   "item_factors": cf.item_factors, "item_ids": cf.item_ids}
-    with timed("write", timings):
-        out.mkdir(parents=True, exist_ok=True)
-        for name, arr in (("user_factors", user_f), ("item_factors", item_f), ("user_has_cf", user_ok),
-                          ("item_has_cf", item_ok), ("user_ids", user_ids), ("item_ids", item_ids)):
-            np.save(out / f"{name}.npy", arr)
-    manifest = {
-        **params,
-        "shapes": {"user_factors": list(user_f.shape), "item_factors": list(item_f.shape)},
-        "dtype": str(user_f.dtype),
-        "counts": {"n_users": len(user_ids), "users_with_factor": int(user_ok.sum()),
-                   "n_items": len(item_ids), "items_with_factor": int(item_ok.sum()), **counts},
-        "catalog_coverage": round(float(item_ok.mean()) if len(item_ok) else 0.0, 6),
-        **run_stats(timings, started),
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
+def run_cf_load(cfg: Config, fold: str) -> dict[str, Any]:
+    """Run the cf-load stage for `fold`: that fold's train (+ the catalog) -> factors."""
+    cf = cfg.cf_load
+    reader = f"cf_load@{fold}"
+    ingest = open_artifact(cfg.paths, "ingest", reader=reader)
+    split = open_artifact(cfg.paths, "split", fold, reader=reader)
+    with output(cfg, "cf_load", fold) as out:
+        out.uses(ingest, split)
+        t = out.timings
+        with timed("read", t):
+            item_ids = ingest.parquet("movies", columns=["movieId"])["movieId"].to_numpy().astype(np.int32)
+            users = split.parquet("users", columns=["userId", "slice"])
+            user_ids = users["userId"].to_numpy().astype(np.int32)
+        params: dict[str, Any] = {"method": cf.method}
+        if cf.method == "als":
+            random_state = int(stage_rng(cfg.seed, "cf_load").integers(2**31 - 1))
+            with timed("read_train", t):
+                train = split.parquet("train", columns=["userId", "movieId", "rating"])
+            with timed("als", t):
+                user_f, item_f, user_ok, item_ok, counts = als_factors(train, users, item_ids, cf, random_state,
+                                                                       split_dir=split.root)
+            params |= {"factors": cf.factors, "regularization": cf.regularization, "iterations": cf.iterations,
+                       "confidence_scale": cf.confidence_scale, "confidence": CONFIDENCE,
+                       "min_item_ratings": cf.min_item_ratings, "random_state": random_state,
+                       "library": "implicit.cpu.als.AlternatingLeastSquares"}
+        else:
+            with timed("precomputed", t):
+                user_f, item_f, user_ok, item_ok, counts = precomputed_factors(cf, user_ids, item_ids)
+            params |= {"factors": user_f.shape[1], "user_factors": cf.user_factors, "user_ids": cf.user_ids,
+                       "item_factors": cf.item_factors, "item_ids": cf.item_ids}
+        with timed("write", t):
+            for name, arr in (("user_factors", user_f), ("item_factors", item_f), ("user_has_cf", user_ok),
+                              ("item_has_cf", item_ok), ("user_ids", user_ids), ("item_ids", item_ids)):
+                out.npy(name, arr)
+        out.summary = {
+            **params,
+            "shapes": {"user_factors": list(user_f.shape), "item_factors": list(item_f.shape)},
+            "dtype": str(user_f.dtype),
+            "counts": {"n_users": len(user_ids), "users_with_factor": int(user_ok.sum()),
+                       "n_items": len(item_ids), "items_with_factor": int(item_ok.sum()), **counts},
+            "catalog_coverage": round(float(item_ok.mean()) if len(item_ok) else 0.0, 6),
+        }
+    return out.summary

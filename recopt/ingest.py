@@ -6,7 +6,6 @@ folder, or a MovieLens release downloaded from GroupLens (checksum-verified).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,10 @@ import polars as pl
 
 from recopt import synthetic
 from recopt.config import Config, preset
-from recopt.io import file_digest, run_stats, timed, write_json, write_parquet
+from recopt.artifacts import Output, file_name, output
 from recopt.movielens import download_movielens, read_movielens
 from recopt.rng import stage_rng
+from recopt.runlog import timed
 from recopt.schemas import (MOVIES, PROVIDERS, RATINGS, TAGS, USER_PROVIDERS, cast_frame, check,
                             empty_frame, validate_frame)
 
@@ -44,49 +44,42 @@ def load_source(cfg: Config) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
     return tables, {"source": f"movielens:{folder}", "counts": dict(ml.counts), "superseded": ml.superseded}
 
 
-def write_tables(tables: dict[str, pl.DataFrame | None], out: Path) -> list[Path]:
+def write_tables(tables: dict[str, pl.DataFrame | None], out: Output) -> None:
     """Validate every table against its schema (all problems at once) and write it."""
     problems = []
     frames = {}
     for name, schema in TABLES.items():
         df = tables.get(name)
         df = empty_frame(schema) if df is None else df
-        problems += validate_frame(df, schema, f"{name} ({out / (name + '.parquet')})")
+        problems += validate_frame(df, schema, f"{name} ({out.root / file_name('ingest', name)})")
         frames[name] = df
     check(problems)
-    written = []
     for name, schema in TABLES.items():
         df = cast_frame(frames[name], schema)
         if name == "ratings":
             df = df.sort(["userId", "timestamp", "movieId"])
         elif name == "movies":
             df = df.sort("movieId")  # row order is the catalog index every later artifact uses
-        write_parquet(df, out / f"{name}.parquet")
-        written.append(out / f"{name}.parquet")
-    return written
+        out.parquet(name, df)
 
 
 def ingest(cfg: Config) -> dict[str, Any]:
-    """Run the ingest stage; returns its manifest."""
-    started, timings = time.perf_counter(), {}
-    out = Path(cfg.paths.ingest)
-    with timed("load", timings):
-        tables, info = load_source(cfg)
-    with timed("validate_write", timings):
-        written = write_tables(tables, out)
-        superseded = info["superseded"]
-        if superseded is not None and superseded.height:
-            write_parquet(superseded, out / "superseded_ratings.parquet")
-    ratings, movies = tables["ratings"], tables["movies"]
-    manifest = {
-        "source": info["source"],
-        "counts": {"n_ratings": ratings.height, "n_users": ratings["userId"].n_unique(),
-                   "n_movies": movies.height, "n_rated_movies": ratings["movieId"].n_unique(),
-                   "n_tags": tables["tags"].height,
-                   "n_providers": 0 if tables["providers"] is None else tables["providers"].height,
-                   **info["counts"]},
-        "fingerprint": file_digest(written),
-        **run_stats(timings, started),
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
+    """Run the ingest stage; returns the summary written to its manifest."""
+    with output(cfg, "ingest") as out:
+        with timed("load", out.timings):
+            tables, info = load_source(cfg)
+        with timed("validate_write", out.timings):
+            write_tables(tables, out)
+            superseded = info["superseded"]
+            if superseded is not None and superseded.height:
+                out.parquet("superseded_ratings", superseded)
+        ratings, movies = tables["ratings"], tables["movies"]
+        out.summary = {
+            "source": info["source"],
+            "counts": {"n_ratings": ratings.height, "n_users": ratings["userId"].n_unique(),
+                       "n_movies": movies.height, "n_rated_movies": ratings["movieId"].n_unique(),
+                       "n_tags": tables["tags"].height,
+                       "n_providers": 0 if tables["providers"] is None else tables["providers"].height,
+                       **info["counts"]},
+        }
+    return out.summary

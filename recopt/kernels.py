@@ -1,23 +1,30 @@
 """Compiled inner loops (numba) for the two places numpy cannot fuse well:
 dot products of gathered (row, col) pairs, and greedy MMR selection.
 
-Both are parallel over users/pairs and allocate nothing per element.
+Both are serial and release the GIL: parallelism comes from the batch executor
+(recopt.engine), which runs user batches on several threads or Ray workers, so
+a batch computes the same bytes whatever runs it. Floating-point flags: the dot
+product may be reassociated (vectorised), but no kernel assumes the absence of
+NaN or infinity -- MMR starts from -inf and padding scores are -inf.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numpy.typing import NDArray
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+_FAST_SUM = {"reassoc", "contract", "arcp", "nsz"}  # lets the dot product vectorise; no nnan/ninf
+
+
+@njit(nogil=True, fastmath=_FAST_SUM, cache=True)
 def pair_dots(a: NDArray[np.float32], b: NDArray[np.float32],
               rows: NDArray[np.int32], cols: NDArray[np.int32]) -> NDArray[np.float32]:
     """out[p] = a[rows[p]] . b[cols[p]] without materialising the gathered rows."""
     out = np.empty(len(rows), dtype=np.float32)
     d = a.shape[1]
-    for p in prange(len(rows)):
+    for p in range(len(rows)):
         x = a[rows[p]]
         y = b[cols[p]]
         s = np.float32(0.0)
@@ -27,7 +34,15 @@ def pair_dots(a: NDArray[np.float32], b: NDArray[np.float32],
     return out
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(nogil=True, fastmath=_FAST_SUM, cache=True)
+def _dot(x: NDArray[np.float32], y: NDArray[np.float32]) -> np.float32:
+    s = np.float32(0.0)
+    for t in range(len(x)):
+        s += x[t] * y[t]
+    return s
+
+
+@njit(nogil=True, cache=True)
 def mmr_select(scores: NDArray[np.float32], items: NDArray[np.int32], vectors: NDArray[np.float32],
                lam: float, k: int) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
     """Greedy MMR per row.
@@ -40,10 +55,9 @@ def mmr_select(scores: NDArray[np.float32], items: NDArray[np.int32], vectors: N
     positions into each row (-1 padded) and their MMR objective values.
     """
     n, L = scores.shape
-    d = vectors.shape[1]
     picked = np.full((n, k), -1, dtype=np.int32)
     objective = np.zeros((n, k), dtype=np.float32)
-    for u in prange(n):
+    for u in range(n):
         max_sim = np.full(L, -np.inf, dtype=np.float32)
         taken = np.zeros(L, dtype=np.bool_)
         n_valid = 0
@@ -59,16 +73,15 @@ def mmr_select(scores: NDArray[np.float32], items: NDArray[np.int32], vectors: N
                 val = (1.0 - lam) * scores[u, j] - lam * penalty
                 if val > best_val:
                     best, best_val = j, val
+            if best < 0:  # only non-finite scores left: stop (check_lists then rejects the short list)
+                break
             taken[best] = True
             picked[u, step] = best
             objective[u, step] = best_val
             v = vectors[items[u, best]]
             for j in range(n_valid):
                 if not taken[j]:
-                    w = vectors[items[u, j]]
-                    s = np.float32(0.0)
-                    for t in range(d):
-                        s += v[t] * w[t]
+                    s = _dot(v, vectors[items[u, j]])
                     if s > max_sim[j]:
                         max_sim[j] = s
     return picked, objective

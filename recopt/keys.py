@@ -66,14 +66,34 @@ def isin_sorted(keys: NDArray[np.int64], sorted_keys: NDArray[np.int64]) -> NDAr
     return sorted_keys[pos] == keys
 
 
-def first_unseen(rows: NDArray[np.int64], candidates: NDArray[np.int64], seen_keys: NDArray[np.int64],
-                 n_items: int, n: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def seen_bitset(m: sp.csr_matrix) -> NDArray[np.uint8]:
+    """One bit per (row, item) of a CSR matrix's stored entries: (rows, ceil(n_items / 8)) uint8.
+
+    A batch of 8,192 users over 87,585 items takes 90 MB; a lookup is one gather and a
+    shift, where a sorted-key binary search costs ~log2(nnz) cache misses.
+    """
+    bits = np.zeros((m.shape[0], (m.shape[1] + 7) // 8), dtype=np.uint8)
+    rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+    cols = m.indices.astype(np.int64)
+    np.bitwise_or.at(bits, (rows, cols >> 3), (1 << (cols & 7)).astype(np.uint8))
+    return bits
+
+
+def is_seen(bits: NDArray[np.uint8], rows: NDArray[np.int64], items: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Elementwise: is (rows, items) set in `bits` (:func:`seen_bitset`)? Items must be >= 0."""
+    items = np.asarray(items, dtype=np.int64)
+    return ((bits[rows, items >> 3] >> (items & 7).astype(np.uint8)) & 1).astype(np.bool_)
+
+
+def first_unseen(rows: NDArray[np.int64], candidates: NDArray[np.int64], seen: NDArray[np.uint8],
+                 n: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Per row, the first `n` candidates (in column order) that are valid (>= 0) and unseen.
 
-    rows (r,), candidates (r, w). Returns (items (r, min(n, w)), columns) with -1 where a
-    row has fewer than n such candidates; `columns` index into `candidates`.
+    rows (r,), candidates (r, w), `seen` the bitset of :func:`seen_bitset`. Returns (items
+    (r, min(n, w)), columns) with -1 where a row has fewer than n such candidates;
+    `columns` index into `candidates`.
     """
-    ok = (candidates >= 0) & ~isin_sorted(pair_keys(rows[:, None], candidates, n_items), seen_keys)
+    ok = (candidates >= 0) & ~is_seen(seen, rows[:, None], np.maximum(candidates, 0))
     order = np.argsort(~ok, axis=1, kind="stable")[:, :n]
     keep = np.take_along_axis(ok, order, axis=1)
     items = np.where(keep, np.take_along_axis(candidates, order, axis=1), -1)

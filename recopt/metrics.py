@@ -17,15 +17,13 @@ guarantees it). Conventions shared by all metrics:
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 PADDING = -1
-# Bounds the (users x d) embedding sums in diversity_at_k and the (samples x users)
-# index block in paired_bootstrap; 64 MiB keeps both far below RAM at 200k users.
+# Bounds the (users x d) embedding sums in diversity_at_k; 64 MiB stays far below RAM at 200k users.
 _CHUNK_BYTES = 64 * 2**20
 
 FloatArray = NDArray[np.float64]
@@ -210,64 +208,6 @@ def diversity_at_k(
         n_pairs = count * (count - 1) / 2
         out[start : start + chunk] = np.clip(_safe_divide(n_pairs - pair_dot, n_pairs), 0, 2)
     return out
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """Paired-bootstrap 95% percentile intervals for mean(a) - mean(b) and mean(a)/mean(b) - 1."""
-
-    diff: float
-    diff_lo: float
-    diff_hi: float
-    rel: float
-    rel_lo: float
-    rel_hi: float
-
-
-def _relative(mean_a: NDArray, mean_b: NDArray) -> NDArray[np.float64]:
-    """mean_a / mean_b - 1; when mean_b == 0: 0.0 if mean_a == 0, else +-inf (never NaN)."""
-    mean_a, mean_b = np.asarray(mean_a, dtype=np.float64), np.asarray(mean_b, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = mean_a / mean_b - 1.0
-    return np.where(mean_b != 0, rel, np.where(mean_a == 0, 0.0, np.copysign(np.inf, mean_a)))
-
-
-def paired_bootstrap(
-    a: NDArray[np.float64], b: NDArray[np.float64], n_samples: int, rng: np.random.Generator
-) -> BootstrapResult:
-    """Paired bootstrap over users of mean(a) - mean(b) (a, b per-user metrics, same users).
-
-    Each sample resamples users with replacement and applies the same indices to a and
-    b. Interval ends are the 2.5% ("lower") and 97.5% ("higher") order statistics, so
-    they never interpolate between infinities; ``rel`` follows :func:`_relative`'s rule.
-    Deterministic for a given ``rng`` state and input size (the chunking depends on
-    the number of users only).
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
-        raise ValueError(
-            f"a and b must be non-empty 1-D arrays of equal shape, got {a.shape} and {b.shape}"
-        )
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise ValueError("a and b must be finite (a NaN metric would poison every sample)")
-    n_samples = operator.index(n_samples)
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    mean_a, mean_b = np.empty(n_samples), np.empty(n_samples)
-    chunk = max(1, _CHUNK_BYTES // (8 * a.size))
-    for start in range(0, n_samples, chunk):  # chunks of bootstrap samples
-        idx = rng.integers(0, a.size, size=(min(chunk, n_samples - start), a.size))
-        mean_a[start : start + len(idx)] = a[idx].mean(axis=1)
-        mean_b[start : start + len(idx)] = b[idx].mean(axis=1)
-    diffs, rels = mean_a - mean_b, _relative(mean_a, mean_b)
-    return BootstrapResult(
-        diff=float(a.mean() - b.mean()),
-        diff_lo=float(np.quantile(diffs, 0.025, method="lower")),
-        diff_hi=float(np.quantile(diffs, 0.975, method="higher")),
-        rel=float(_relative(a.mean(), b.mean())),
-        rel_lo=float(np.quantile(rels, 0.025, method="lower")),
-        rel_hi=float(np.quantile(rels, 0.975, method="higher")),
-    )
 
 
 def ranking_metrics(

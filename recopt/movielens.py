@@ -3,16 +3,35 @@
 Layouts, detected by which files exist in the folder:
 
 * CSV (ml-latest-small, ml-25m, ml-32m): ratings.csv, movies.csv (genres split
-  on '|'), optional tags.csv. links.csv is ignored.
+  on '|'), optional tags.csv. links.csv is ignored. UTF-8, ',' separated, a
+  header line, '"' quotes.
 * `::` (ml-1m, ml-10m): ratings.dat, movies.dat, optional tags.dat, no header,
-  UTF-8 or (as in ml-1m) latin-1.
+  no quotes. UTF-8, except that a `.dat` file that is not valid UTF-8 is
+  decoded as latin-1, counted in files as `latin1_files`: ml-1m is published
+  in latin-1. CSV files get no such fallback (a wrong guess would garble
+  titles silently); they must be UTF-8.
 * Either layout may add providers.csv (movieId,provider) and
   user_providers.csv (userId,provider).
 
-Every problem in every file (missing files or columns, values that are not
-numbers, ratings outside [0.5, 5], nulls, empty files) is collected into ONE
-`DataError`. Otherwise these rules apply; each is counted in `counts`, none is
-silent, and no row is dropped:
+Every problem in every file is collected into ONE `DataError` naming the
+file, the column, what is wrong (with line numbers as an editor shows them,
+the header being line 1) and the fix:
+
+* missing files or columns, values that are not numbers, ratings outside
+  [0.5, 5] (saying so when they look like a 0-10 scale), nulls, empty files;
+* a CSV file that is not UTF-8 (the line of the first bad byte, and an
+  `iconv` fix) or is UTF-16;
+* a header separated by ';', TAB or '|' instead of ',' (a `.dat` file
+  without '::'), lines ending in a bare CR, a column named twice;
+* lines with the wrong number of fields, a quote left open or misplaced (a
+  value may not span lines: an open quote would swallow the lines after it),
+  the header line repeated further down. The well-formed lines of the file are
+  still validated, so one run lists every problem;
+* timestamps that are negative, ≥ 1e14, or mix seconds and milliseconds in
+  one file (rule 5).
+
+Otherwise these rules apply; each is counted in `counts`, none is silent, and
+no rating, movie or tag row is dropped:
 
 1. Duplicate (userId, movieId) ratings: the most recent by timestamp is kept
    (ties: the later row in the file); the replaced rows are returned in
@@ -21,15 +40,28 @@ silent, and no row is dropped:
    catalog with title "", year null and genres [], counted as
    `movies_added_from_ratings` (then `movies_added_from_tags`).
 3. `year` is the title's trailing "(YYYY)" (a range "(YYYY-YYYY)" gives its
-   first year; trailing spaces are tolerated); no such suffix gives null.
+   first year; trailing spaces are tolerated); no such suffix gives null. A
+   year outside 1870 ≤ year ≤ current UTC year (at read time) + 5, such as
+   "(9999)" or "(0001)", is unknown: null, counted as `implausible_years`.
 4. genres "(no genres listed)" becomes the empty list.
+5. Timestamps are unix seconds. Each file (ratings, tags) is judged on its
+   own: a value v is seconds when 0 ≤ v < 1e11 (before year 5138; small
+   values such as 0 are accepted as early dates) and milliseconds when
+   1e11 ≤ v < 1e14 (1e11 ms is 1973-03-03). A file whose every value is
+   milliseconds is converted to seconds (v // 1000), counted in rows as
+   `ratings_timestamps_ms_converted` / `tags_timestamps_ms_converted`, so
+   both files end up in seconds whichever unit each was written in.
+6. A UTF-8 byte-order mark at the start of a file is dropped (the first
+   column keeps its name), counted in files as `bom_files`.
+7. Blank lines (empty, spaces only or separators only) hold no values and are
+   skipped, counted as `blank_lines`; they still count in line numbers.
+8. Spaces around a number are ignored: " 4.0 " is 4.0.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import os
 import re
 import shutil
@@ -37,14 +69,16 @@ import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 from tqdm import tqdm
 
+from recopt.csvcheck import Table, read_table
 from recopt.schemas import (
     MOVIES, PROVIDERS, RATINGS, TAGS, USER_PROVIDERS,
-    Column, DataError, Problem, Schema, cast_frame, check, empty_frame, validate_frame,
+    Column, DataError, Problem, Schema, cast_frame, check, empty_frame, line_numbers,
 )
 
 _MOVIE_FILE = Schema("movies", {"movieId": Column(pl.Int32), "title": Column(pl.String),
@@ -61,6 +95,8 @@ _NO_GENRES = "(no genres listed)"
 # URLError/TimeoutError/connection resets are OSErrors; a cut body is an HTTPException.
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
 _YEAR = r"\((\d{4})(?:\s*[-–]\s*\d{0,4})?\)\s*$"
+_FIRST_YEAR = 1870  # the earliest motion pictures (Muybridge, 1878) with a margin
+_MS, _TOO_BIG = 10**11, 10**14  # timestamp units, rule 5
 
 
 @dataclass(frozen=True)
@@ -79,13 +115,21 @@ class MovieLensData:
 def read_movielens(folder: Path) -> MovieLensData:
     """Read, validate and normalise the MovieLens release in `folder`.
 
-    Raises `DataError` listing every problem in every file. See the module
-    docstring for the rules applied to valid data.
+    Args:
+        folder: a folder holding a release in the CSV or the `::` layout.
+
+    Returns:
+        The canonical frames, the counts of every rule applied, and the
+        superseded duplicate ratings.
+
+    Raises:
+        DataError: listing every problem in every file (see the module docstring).
     """
     folder = Path(folder)
     layout = _detect_layout(folder)
-    frames: dict[str, pl.DataFrame] = {}
+    tables: dict[str, Table] = {}
     problems: list[Problem] = []
+    to_seconds: dict[str, int] = {"ratings": 0, "tags": 0}
     for name, (schema, required, layout_ext) in _FILES.items():
         path = folder / f"{name}.{layout if layout_ext else 'csv'}"
         if not path.is_file():
@@ -94,15 +138,22 @@ def read_movielens(folder: Path) -> MovieLensData:
                     str(path), None, "required file is missing",
                     f"point to a MovieLens folder containing {_expected(layout)}"))
             continue
-        df, found = _read_file(path, schema, layout if layout_ext else "csv")
-        problems += found
-        if df is not None:
-            frames[name] = df
+        table = tables[name] = read_table(path, schema, layout if layout_ext else "csv")
+        problems += table.problems
+        if table.frame is not None and name in to_seconds and "timestamp" in table.frame.columns:
+            found, to_seconds[name] = _timestamp_unit(table, str(path))
+            problems += found
+        if table.frame is not None and name == "ratings" and "rating" in table.frame.columns:
+            problems += _rating_scale(table, str(path))
     check(problems)
 
+    frames = {name: cast_frame(t.frame, _FILES[name][0]) for name, t in tables.items()}
+    for name, n in to_seconds.items():
+        if n:
+            frames[name] = frames[name].with_columns(pl.col("timestamp") // 1000)
     ratings, superseded = _resolve_duplicates(frames["ratings"])
     tags = frames.get("tags", empty_frame(TAGS))
-    movies = _parse_movies(frames["movies"])
+    movies, implausible = _parse_movies(frames["movies"])
     movies, from_ratings = _add_missing_movies(movies, ratings["movieId"])
     movies, from_tags = _add_missing_movies(movies, tags["movieId"])
     counts = {
@@ -113,6 +164,12 @@ def read_movielens(folder: Path) -> MovieLensData:
         "duplicate_ratings": superseded.height,
         "movies_added_from_ratings": from_ratings,
         "movies_added_from_tags": from_tags,
+        "implausible_years": implausible,
+        "ratings_timestamps_ms_converted": to_seconds["ratings"],
+        "tags_timestamps_ms_converted": to_seconds["tags"],
+        "bom_files": sum(t.bom for t in tables.values()),
+        "blank_lines": sum(t.blank_lines for t in tables.values()),
+        "latin1_files": sum(t.latin1 for t in tables.values()),
     }
     return MovieLensData(ratings, movies, tags, frames.get("providers"),
                          frames.get("user_providers"), counts, superseded)
@@ -134,49 +191,49 @@ def _expected(layout: str) -> str:
     return f"ratings.{layout} and movies.{layout} (optional tags.{layout})"
 
 
-def _read_file(path: Path, schema: Schema, layout: str) -> tuple[pl.DataFrame | None, list[Problem]]:
-    """Parse typed in one pass; on a parse error re-read as text so validation
-    can name every bad value, not just polars' first one."""
-    file = str(path)
-    names = list(schema.columns)
-    try:
-        if layout == "csv":
-            source: Path | io.BytesIO = path
-            header = pl.read_csv(path, n_rows=0, infer_schema=False).columns
-            options: dict = {"infer_schema": False}
-        else:
-            source = io.BytesIO(_dat_to_csv(path.read_bytes()))
-            header = names
-            options = {"infer_schema": False, "has_header": False, "new_columns": names,
-                       "separator": "\x1f", "quote_char": None}
-        typed = {c: schema.columns[c].dtype for c in header if c in schema.columns}
-        try:
-            df = pl.read_csv(source, schema_overrides=typed, **options)
-        except pl.exceptions.ComputeError:
-            if isinstance(source, io.BytesIO):
-                source.seek(0)
-            df = pl.read_csv(source, **options)
-    except pl.exceptions.NoDataError:
-        return None, [Problem(file, None, "file is empty",
-                              f"write the {schema.name} rows (header line '{','.join(names)}')"
-                              if layout == "csv" else f"write the {schema.name} rows")]
-    except pl.exceptions.PolarsError as err:
-        first = str(err).splitlines()[0]
-        sep = "," if layout == "csv" else "::"
-        return None, [Problem(file, None, f"cannot be parsed: {first}",
-                              f"make every line hold exactly the fields {sep.join(names)}")]
-    problems = validate_frame(df, schema, file, first_line=2 if layout == "csv" else 1)
-    return (None if problems else cast_frame(df, schema)), problems
+def _timestamp_unit(table: Table, file: str) -> tuple[list[Problem], int]:
+    """Rule 5 on one file: its problems, and how many rows to convert from milliseconds."""
+    ts = table.frame["timestamp"].cast(pl.Int64, strict=False)
+
+    def where(mask: pl.Series) -> str:
+        return line_numbers(mask, table.first_line, table.lines)
+
+    negative = (ts < 0).fill_null(False)
+    huge = (ts >= _TOO_BIG).fill_null(False)
+    ms = ((ts >= _MS) & (ts < _TOO_BIG)).fill_null(False)
+    seconds = ((ts >= 0) & (ts < _MS)).fill_null(False)
+    n_ms, n_s = int(ms.sum()), int(seconds.sum())
+    problems = []
+    if negative.any():
+        problems.append(Problem(
+            file, "timestamp", f"{int(negative.sum()):,} negative value(s) at line(s) "
+                               f"{where(negative)}; timestamps are unix seconds since 1970",
+            "correct those lines: a timestamp is a whole number of seconds ≥ 0"))
+    if huge.any():
+        problems.append(Problem(
+            file, "timestamp", f"{int(huge.sum()):,} value(s) ≥ 1e14, too large for seconds or "
+                               f"milliseconds (micro- or nanoseconds?), at line(s) {where(huge)}",
+            "write the timestamps as unix seconds (microseconds // 10**6, nanoseconds // 10**9)"))
+    if n_ms and n_s:
+        problems.append(Problem(
+            file, "timestamp", f"mixes units: {n_ms:,} value(s) look like milliseconds (≥ 1e11), "
+                               f"{n_s:,} like seconds; milliseconds at line(s) {where(ms)}, "
+                               f"seconds at line(s) {where(seconds)}",
+            "write every timestamp as unix seconds: divide the millisecond values by 1000"))
+    return problems, 0 if problems else n_ms  # mixed units are a problem
 
 
-def _dat_to_csv(raw: bytes) -> bytes:
-    """'::'-separated bytes -> UTF-8 with a one-byte separator polars accepts."""
-    if not raw.isascii():
-        try:
-            raw = raw.decode("utf-8").encode("utf-8")
-        except UnicodeDecodeError:
-            raw = raw.decode("latin-1").encode("utf-8")  # ml-1m
-    return raw.replace(b"::", b"\x1f")
+def _rating_scale(table: Table, file: str) -> list[Problem]:
+    """Name the likely cause when many ratings exceed 5 but none exceeds 10."""
+    rating = table.frame["rating"].cast(pl.Float64, strict=False)
+    above, top = int((rating > 5).sum()), rating.max()
+    if not above or top is None or top > 10 or above < 0.25 * rating.count():
+        return []
+    return [Problem(file, "rating", f"{above:,} of {rating.count():,} values are above 5 and none "
+                                    f"above 10 (max {top}): is this a 0-10 scale? MovieLens "
+                                    "ratings are 0.5-5 stars",
+                    "halve every rating (rating / 2) if the source uses a 10-point scale; "
+                    "otherwise correct the values above 5")]
 
 
 def _resolve_duplicates(ratings: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -198,13 +255,18 @@ def _resolve_duplicates(ratings: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFra
     return kept, replaced.drop("_row")
 
 
-def _parse_movies(movies: pl.DataFrame) -> pl.DataFrame:
+def _parse_movies(movies: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Year (rule 3) and genres (rule 4) of the movie file; also the implausible-year count."""
     genre = pl.element()
-    return cast_frame(movies.with_columns(
-        year=pl.col("title").str.extract(_YEAR, 1).cast(pl.Int16),
+    year = movies["title"].str.extract(_YEAR, 1).cast(pl.Int32)
+    last = datetime.now(timezone.utc).year + 5
+    implausible = (~year.is_between(_FIRST_YEAR, last)).fill_null(False)
+    movies = movies.with_columns(
+        year=year.set(implausible, None),
         genres=pl.col("genres").str.split("|").list.eval(
             genre.filter((genre != _NO_GENRES) & (genre != ""))),
-    ), MOVIES)
+    )
+    return cast_frame(movies, MOVIES), int(implausible.sum())
 
 
 def _add_missing_movies(movies: pl.DataFrame, ids: pl.Series) -> tuple[pl.DataFrame, int]:

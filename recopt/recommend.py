@@ -1,53 +1,102 @@
-"""Show one user's final ranked list at a given alpha, with every score and why each item was retrieved.
+"""Show one user's final ranked list, with every score and why each item was retrieved.
 
-Uses the stored candidate pool and the same scoring and MMR code as evaluate.
+Uses a fold's stored candidate pool and the same scoring and MMR code as evaluate.
+By default the test fold (models fit on the full train) at the alpha and cold-start
+beta chosen on validation.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import pyarrow.compute as pc
 
+from recopt.artifacts import HELDOUT, open_artifact
 from recopt.candidates import SOURCES
 from recopt.config import Config
+from recopt.errors import RecoptError
 from recopt.pools import read_pool
 from recopt.rerank import rank_pools
-from recopt.scoring import score_pool
+from recopt.scoring import prior_signal, score_pool
 
 
-def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None) -> pl.DataFrame:
+@dataclass(frozen=True)
+class Recommendation:
+    user_id: int
+    slice: str
+    has_cf: bool
+    n_train: int
+    alpha: float
+    beta: float
+    fold: str
+    table: pl.DataFrame
+    n_hits: int
+
+
+def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fold: str = "test",
+              beta: float | None = None) -> Recommendation:
     """The ranked list of `user_id` (a MovieLens userId) at `alpha`, one row per item."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"--alpha: {alpha} must be in [0, 1]")
-    cand = Path(cfg.paths.candidates)
-    users = pl.read_parquet(cand / "users.parquet")
+        raise RecoptError(f"--alpha: {alpha} must be in [0, 1]")
+    reader = "recommend"
+    cand = open_artifact(cfg.paths, "candidates", fold, reader=reader)
+    embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader)
+    split = open_artifact(cfg.paths, "split", fold, reader=reader)
+    ingest = open_artifact(cfg.paths, "ingest", reader=reader)
+    users = cand.parquet("users")
     row = users.filter(pl.col("userId") == user_id)
     if row.height == 0:
-        raise ValueError(f"--user: userId {user_id} has no candidate pool in {cand / 'users.parquet'} "
-                         f"(only users with test interactions get one; e.g. try --user {users['userId'][0]})")
+        raise RecoptError(f"--user: userId {user_id} has no candidate pool in {cand.path('users')} (only users "
+                          f"with {HELDOUT[fold]} interactions get one; e.g. try --user {users['userId'][0]})")
     user, batch = int(row["user"][0]), int(row["batch"][0])
-    pool = read_pool(cand, batch)
-    pool = pool.filter(pc.equal(pool["user"], user))
-    items_tbl = pl.read_parquet(cand / "items.parquet")
-    movies = pl.read_parquet(Path(cfg.paths.ingest) / "movies.parquet", columns=["movieId", "title", "genres"])
-    rows, items = pool["user"].to_numpy(), pool["item"].to_numpy()
-    collab_raw, content_raw = pool["collab"].to_numpy(), pool["content"].to_numpy()
-    s = score_pool(rows, items, collab_raw, content_raw, pool["provider"].to_numpy(),
-                   items_tbl["quality"].to_numpy(), items_tbl["recency"].to_numpy(), alpha, cfg.rerank)
-    vectors = np.load(Path(cfg.paths.embed_load) / "mmr.npy")
-    r = rank_pools(rows, items, s.final, vectors, k or cfg.rerank.k_final, cfg.rerank.mmr_lambda, cfg.rerank.mmr_pool)
-    pos = r.positions[0][r.positions[0] >= 0]
-    flags = pool["source"].to_numpy()[pos]
-    reason = [", ".join(name for name, bit in SOURCES.items() if f & bit) for f in flags]
-    out = pl.DataFrame({
-        "rank": np.arange(1, len(pos) + 1), "movieId": items_tbl["movieId"].to_numpy()[items[pos]],
-        "final": s.final[pos], "hybrid": s.hybrid[pos], "collab_raw": collab_raw[pos], "collab": s.collab[pos],
-        "content_raw": content_raw[pos], "content": s.content[pos], "quality": s.quality[pos],
-        "recency": s.recency[pos], "provider": s.provider[pos], "retrieved_by": reason,
-    })
-    return out.join(movies, on="movieId", how="left").select(
-        "rank", "movieId", "title", "final", "hybrid", "collab", "content", "collab_raw", "content_raw",
-        "quality", "recency", "provider", "retrieved_by")
+    group = users.filter(pl.col("batch") == batch)
+    pool = read_pool(cand, batch, group["pool_size"].to_numpy(), group["user"].to_numpy())
+    keep = pool["user"] == user
+    pool = {name: col[keep] for name, col in pool.items()}
+    items_tbl = cand.parquet("items")
+    movies = ingest.parquet("movies", columns=["movieId", "title"])
+    rerank = cfg.rerank if beta is None else type(cfg.rerank)(**{**cfg.rerank.__dict__, "cold_beta": beta})
+    prior = prior_signal(rerank.cold_prior, items_tbl["quality"].to_numpy(), items_tbl["popularity"].to_numpy())
+    rows, items = pool["user"], pool["item"]
+    s = score_pool(rows, items, pool["collab"], pool["content"], pool["provider"], items_tbl["quality"].to_numpy(),
+                   items_tbl["recency"].to_numpy(), prior, alpha, rerank)
+    r = rank_pools(rows, items, s.final, embed.npy("mmr"), k or rerank.k_final, rerank.mmr_lambda, rerank.mmr_pool)
+    pos = r.positions[0][r.positions[0] >= 0] if len(r.users) else np.zeros(0, np.int64)
+    flags = pool["source"][pos]
+    movie_ids = items_tbl["movieId"].to_numpy()[items[pos]]
+    heldout = split.parquet("heldout").filter((pl.col("userId") == user_id) & (pl.col("rating") >= cfg.relevance_threshold))
+    hits = np.isin(movie_ids, heldout["movieId"].to_numpy())
+    table = pl.DataFrame({
+        "rank": np.arange(1, len(pos) + 1), "movieId": movie_ids, "final": s.final[pos], "hybrid": s.hybrid[pos],
+        "collab": s.collab[pos], "content": s.content[pos],
+        "sources": [",".join(name for name, bit in SOURCES.items() if f & bit) for f in flags], "hit": hits,
+    }).join(movies, on="movieId", how="left").select("rank", "movieId", "title", "final", "hybrid", "collab",
+                                                      "content", "sources", "hit")
+    info = split.parquet("users").filter(pl.col("userId") == user_id).row(0, named=True)
+    return Recommendation(user_id=user_id, slice=info["slice"], has_cf=bool(row["has_cf"][0]),
+                          n_train=int(info["n_train"]), alpha=alpha, beta=rerank.cold_beta, fold=fold, table=table,
+                          n_hits=int(hits.sum()))
+
+
+def format_recommendation(rec: Recommendation, show_hits: bool, width: int = 100) -> str:
+    """A header and a table at most `width` columns wide, for a person to read."""
+    rule = ("the cold-start rule (1-beta)*content + beta*prior, beta=" + repr(rec.beta)) if not rec.has_cf \
+        else f"alpha={rec.alpha!r}: {rec.alpha!r}*content + {1 - rec.alpha!r}*collab"
+    lines = [f"user {rec.user_id} · slice {rec.slice} · {rec.n_train} train ratings · "
+             f"{'has' if rec.has_cf else 'no'} CF factor · {rule}",
+             f"fold {rec.fold} (models fit on {'train' if rec.fold == 'test' else 'tune-train'}); "
+             "the order is MMR's (relevance traded against similarity to items above), so `final` is not sorted."]
+    title_w = width - 72
+    head = f"{'rank':>4} {'movieId':>8}  {'title':<{title_w}} {'final':>6} {'hybrid':>6} {'collab':>6} {'content':>7}  sources"
+    lines += [head, "-" * min(len(head) + 8, width)]
+    for row in rec.table.iter_rows(named=True):
+        title = (row["title"] or "")
+        title = title if len(title) <= title_w else title[:title_w - 1] + "…"
+        fmt = lambda v: "   n/a" if v is None or v != v else f"{v:6.3f}"  # noqa: E731
+        mark = " ✓" if show_hits and row["hit"] else ""
+        lines.append(f"{row['rank']:>4} {row['movieId']:>8}  {title:<{title_w}} {fmt(row['final'])} "
+                     f"{fmt(row['hybrid'])} {fmt(row['collab'])} {fmt(row['content']):>7}  {row['sources']}{mark}")
+    if show_hits:
+        lines.append(f"✓ = relevant {HELDOUT[rec.fold]} item ({rec.n_hits} in this list)")
+    return "\n".join(lines)

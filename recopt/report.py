@@ -1,6 +1,6 @@
-"""Tables, acceptance gates, the markdown report and the alpha plot — all from results.
+"""Tables, intervals, gates, the markdown report, the console summary and the plot -- all from runs.
 
-No number here is typed by hand: every table is built from RunResults.
+No number here is typed by hand: every table is built from the evaluated runs.
 """
 
 from __future__ import annotations
@@ -11,92 +11,105 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recopt import metrics
+from recopt import gates
 from recopt.config import Config
-from recopt.evaluate import EvalData, RunResult, summarise_run
+from recopt.runs import Run, common_users, on_users, slice_summaries, user_slices
 
 USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10",
                 "alpha_time_sec", "alpha_timed_out"]
 METRIC_COLUMNS = ["recall@5", "recall@20", "ndcg@10", "mrr@10", "hit_rate@10", "coverage@10", "novelty@10",
                   "diversity@10", "pool_recall", "cold_item_share@10"]
+CONSOLE = ["recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10"]
+INTERVAL_METRICS = ["recall@10", "map@10", "ndcg@10"]
 
 
-def results_row(r: RunResult, data: EvalData) -> dict[str, Any]:
-    s = r.summary
-    row: dict[str, Any] = {
-        "run": r.spec.name, "alpha": r.spec.alpha, "users_eval": len(r.users),
-        "users_skipped": sum(data.skipped.values()), "mean_cand": round(s["mean_cand"], 1),
-        "alpha_time_sec": r.seconds, "alpha_timed_out": r.timed_out, "resumed_batches": r.resumed_batches,
-    }
-    for name in ["recall@10", "map@10", *METRIC_COLUMNS]:
-        row[name] = s.get(name, float("nan"))
-    return row
-
-
-def results_table(results: list[RunResult], data: EvalData) -> pl.DataFrame:
-    """One row per run, the user's columns first."""
-    rows = [results_row(r, data) for r in results]
-    return pl.DataFrame(rows).select(["run", *USER_COLUMNS, *METRIC_COLUMNS, "resumed_batches"])
-
-
-def slices_table(results: list[RunResult], data: EvalData) -> pl.DataFrame:
-    """Every metric per slice (cold, warm, heavy) for every run."""
-    slice_of = dict(zip(data.users["user"].to_list(), data.users["slice"].to_list()))
+def runs_table(runs: list[Run], skipped: int) -> pl.DataFrame:
+    """One row per run: how it was chosen, its users, every metric."""
     rows = []
-    for r in results:
-        labels = np.array([slice_of[u] for u in r.users.tolist()]) if len(r.users) else np.array([])
-        for name in ("cold", "warm", "heavy"):
-            mask = labels == name
-            sub = RunResult(spec=r.spec, users=r.users[mask], lists=r.lists[mask], scores=r.scores[mask],
-                            per_user={k: v[mask] for k, v in r.per_user.items()})
-            s = summarise_run(sub, data)
-            rows.append({"run": r.spec.name, "slice": name, "users": int(mask.sum()),
-                         **{k: s.get(k, float("nan")) for k in ["recall@10", "map@10", *METRIC_COLUMNS]}})
+    for r in runs:
+        s = r.summary
+        rows.append({"run": r.name, "chosen": r.chosen, "alpha": r.alpha, "users_eval": int(s["users_eval"]),
+                     "users_skipped": skipped, "mean_cand": round(s["mean_cand"], 1), "alpha_time_sec": r.seconds,
+                     "alpha_timed_out": not r.complete, **{k: s.get(k, float("nan"))
+                                                           for k in ["recall@10", "map@10", *METRIC_COLUMNS]}})
+    return pl.DataFrame(rows, schema_overrides={"alpha": pl.Float64})
+
+
+def tuning_table(table: pl.DataFrame) -> pl.DataFrame:
+    """The alpha grid in the columns the study asked for first (`tuning_results.csv`)."""
+    grid = table.filter(pl.col("chosen").is_in(["alpha* (validation)", "grid (information)"]))
+    return grid.select([*USER_COLUMNS, *METRIC_COLUMNS]).sort("alpha")
+
+
+def slices_table(runs: list[Run], data: Any) -> pl.DataFrame:
+    return pl.DataFrame([row for r in runs for row in slice_summaries(r, data)])
+
+
+def intervals(reference: Run, runs: list[Run], cfg: Config, rng: np.random.Generator) -> pl.DataFrame:
+    """Every run serving all users against `reference` (alpha*) on Recall@10, MAP@10, NDCG@10: the
+    difference and the relative lift with paired-bootstrap 95% intervals, on the users all of them
+    finished. (Cold-start rows serve only users without a CF factor: gate 2 compares those.)"""
+    others = [r for r in runs if r.name != reference.name and r.kind != "cold"]
+    users = common_users([reference, *others])
+    if not len(users) or not others:
+        return pl.DataFrame()
+    cols = [on_users(r, users, m) for r in [reference, *others] for m in INTERVAL_METRICS]
+    samples = gates.bootstrap_means(np.column_stack(cols), cfg.evaluate.bootstrap_samples, rng)
+    means = np.column_stack(cols).mean(axis=0)
+    n_m = len(INTERVAL_METRICS)
+    rows = []
+    for j, r in enumerate(others, start=1):
+        for i, m in enumerate(INTERVAL_METRICS):
+            a, b = j * n_m + i, i  # the run against alpha*
+            res = gates.interval(means[a], means[b], samples[:, a], samples[:, b])
+            rows.append({"run": r.name, "vs": reference.name, "metric": m, "users": len(users), "value": means[a],
+                         "alpha_star": means[b], "diff": res.diff, "diff_lo": res.diff_lo, "diff_hi": res.diff_hi,
+                         "lift": res.rel, "lift_lo": res.rel_lo, "lift_hi": res.rel_hi})
     return pl.DataFrame(rows)
 
 
-def _aligned(a: RunResult, b: RunResult, metric: str, users: np.ndarray | None = None):
-    common = np.intersect1d(a.users, b.users)
-    if users is not None:
-        common = np.intersect1d(common, users)
-    ia, ib = np.searchsorted(a.users, common), np.searchsorted(b.users, common)
-    return a.per_user[metric][ia], b.per_user[metric][ib], len(common)
-
-
-def acceptance_gates(alphas: list[RunResult], baselines: list[RunResult], data: EvalData,
-                     cfg: Config, rng: np.random.Generator) -> dict[str, Any]:
-    """Gate 1: best alpha beats the best baseline by >= gate_min_lift relative Recall@10
-    (paired bootstrap 95% interval over users). Gate 2: on cold-start users the best
-    alpha's Recall@10 is not below the content-only baseline's."""
-    key = "recall@10"
-    done = [r for r in alphas if len(r.users)]
-    if not done or not baselines:
-        return {"evaluated": False, "reason": "no finished alpha run or no baseline"}
-    best = max(done, key=lambda r: r.summary[key])
-    base = max(baselines, key=lambda r: r.summary[key])
-    a, b, n = _aligned(best, base, key)
-    bs = metrics.paired_bootstrap(a, b, cfg.evaluate.bootstrap_samples, rng)
-    out: dict[str, Any] = {
-        "evaluated": True, "best_alpha": best.spec.alpha, "best_baseline": base.spec.kind,
-        "gate1": {"metric": key, "users": n, "alpha_value": float(a.mean()), "baseline_value": float(b.mean()),
-                  "lift": bs.rel, "lift_ci": [bs.rel_lo, bs.rel_hi], "diff": bs.diff,
-                  "diff_ci": [bs.diff_lo, bs.diff_hi], "required_lift": cfg.evaluate.gate_min_lift,
-                  "significant": bool(bs.diff_lo > 0), "passed": bool(bs.rel >= cfg.evaluate.gate_min_lift)},
-    }
-    content = next((r for r in baselines if r.spec.kind == "content_only"), None)
-    cold_users = data.users.filter(pl.col("slice") == "cold")["user"].to_numpy()
-    if content is None or not len(cold_users):
-        out["gate2"] = {"evaluated": False, "reason": "no content_only baseline or no cold users", "passed": True}
-    else:
-        a, b, n = _aligned(best, content, key, cold_users)
-        bs2 = metrics.paired_bootstrap(a, b, cfg.evaluate.bootstrap_samples, rng) if n else None
-        out["gate2"] = {"evaluated": bool(n), "metric": f"{key} (cold slice)", "users": n,
-                        "alpha_value": float(a.mean()) if n else 0.0,
-                        "content_only_value": float(b.mean()) if n else 0.0,
-                        "diff": bs2.diff if bs2 else 0.0, "diff_ci": [bs2.diff_lo, bs2.diff_hi] if bs2 else [0, 0],
-                        "passed": bool(n == 0 or a.mean() >= b.mean())}
-    out["passed"] = bool(out["gate1"]["passed"] and out["gate2"]["passed"])
+def _compare(a: Run, b: Run, data: Any, cfg: Config, rng: np.random.Generator, slice_name: str | None = None,
+             metric_names: tuple[str, ...] = ("recall@10",)) -> dict[str, Any]:
+    users = common_users([a, b])
+    if slice_name is not None:
+        users = users[user_slices(users, data) == slice_name]
+    out: dict[str, Any] = {"users": int(len(users))}
+    if not len(users):
+        return out
+    cols = [on_users(r, users, m) for m in metric_names for r in (a, b)]
+    samples = gates.bootstrap_means(np.column_stack(cols), cfg.evaluate.bootstrap_samples, rng)
+    for i, m in enumerate(metric_names):
+        va, vb = cols[2 * i], cols[2 * i + 1]
+        res = gates.interval(va.mean(), vb.mean(), samples[:, 2 * i], samples[:, 2 * i + 1])
+        out[m] = {"value": float(va.mean()), "other": float(vb.mean()), "diff": res.diff,
+                  "diff_ci": [res.diff_lo, res.diff_hi], "lift": res.rel, "lift_ci": [res.rel_lo, res.rel_hi]}
     return out
+
+
+def acceptance_gates(runs: list[Run], sel: dict[str, Any], data: Any, cfg: Config,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    """Gate 1 and gate 2 on test, for the runs chosen on validation (see recopt.gates)."""
+    star = next((r for r in runs if r.chosen == "alpha* (validation)"), None)
+    base = next((r for r in runs if r.name == sel["baseline"]["chosen"]), None)
+    if star is None or base is None:
+        return {"evaluated": False, "reason": "no alpha* or no baseline chosen on validation"}
+    g1 = _compare(star, base, data, cfg, rng, metric_names=("recall@10", "map@10", "ndcg@10"))
+    r10 = g1["recall@10"]
+    g1 |= {"run": star.name, "baseline": base.name, "required_lift": cfg.evaluate.gate_min_lift,
+           "verdict": gates.gate1_verdict(r10["lift"], r10["lift_ci"][0], cfg.evaluate.gate_min_lift)}
+    comparator = next((r for r in runs if r.name == sel.get("cold_comparator")), None)
+    if comparator is None:
+        g2: dict[str, Any] = {"verdict": "NOT EVALUATED", "reason": "no content_only or popularity baseline"}
+    else:
+        g2 = _compare(star, comparator, data, cfg, rng, slice_name="cold")
+        if g2["users"] == 0:
+            g2 |= {"verdict": "NOT EVALUATED", "reason": "no cold-start user in the test fold"}
+        else:
+            g2 |= {"verdict": gates.gate2_verdict(g2["recall@10"]["diff"], g2["recall@10"]["diff_ci"][1])}
+        g2 |= {"run": star.name, "comparator": comparator.name}
+    verdicts = [g1["verdict"], g2["verdict"]]
+    return {"evaluated": True, "gate1": g1, "gate2": g2,
+            "passed": gates.enforce(verdicts, cfg.evaluate.enforce_inconclusive)}
 
 
 def to_markdown(df: pl.DataFrame, digits: int = 4) -> str:
@@ -109,62 +122,105 @@ def to_markdown(df: pl.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def plot_alpha_curve(table: pl.DataFrame, path: Path) -> None:
-    """Recall@10 / NDCG@10 against alpha, coverage and novelty alongside (PNG)."""
+def console_table(table: pl.DataFrame, best: str | None, width: int = 34) -> str:
+    """A compact plain-text table: runs x Recall@10 / MAP@10 / NDCG@10 / coverage / novelty, best marked."""
+    head = f"  {'run':<{width}} " + " ".join(f"{c:>11}" for c in CONSOLE)
+    lines = [head, "  " + "-" * (len(head) - 2)]
+    for row in table.iter_rows(named=True):
+        name = row["run"] if len(row["run"]) <= width else row["run"][:width - 1] + "…"
+        mark = "*" if row["run"] == best else " "
+        lines.append(f"{mark} {name:<{width}} " + " ".join(f"{row[c]:>11.4f}" for c in CONSOLE))
+    return "\n".join(lines)
+
+
+def gate_lines(g: dict[str, Any]) -> list[str]:
+    """The two gate verdicts as sentences."""
+    if not g.get("evaluated"):
+        return [f"Gates not evaluated: {g.get('reason')}"]
+    g1, g2 = g["gate1"], g["gate2"]
+    r = g1["recall@10"]
+    lines = [f"Gate 1 {g1['verdict']}: {g1['run']} vs {g1['baseline']} on test Recall@10 over {g1['users']} users: "
+             f"{r['value']:.4f} vs {r['other']:.4f}, lift {r['lift']:+.2%} (95% CI {r['lift_ci'][0]:+.2%} .. "
+             f"{r['lift_ci'][1]:+.2%}), required {g1['required_lift']:+.0%} with the interval above 0."]
+    if "recall@10" in g2:
+        c = g2["recall@10"]
+        lines.append(f"Gate 2 {g2['verdict']}: cold-start users ({g2['users']}), served ranking vs "
+                     f"{g2['comparator']}: {c['value']:.4f} vs {c['other']:.4f}, difference {c['diff']:+.4f} "
+                     f"(95% CI {c['diff_ci'][0]:+.4f} .. {c['diff_ci'][1]:+.4f}).")
+    else:
+        lines.append(f"Gate 2 {g2['verdict']}: {g2.get('reason')}")
+    return lines
+
+
+def plot_alpha_curve(curves: dict[str, pl.DataFrame], baselines: dict[str, float], alpha_star: float | None,
+                     path: Path) -> None:
+    """Recall@10 and NDCG@10 against alpha per fold; baselines as horizontal lines; alpha* marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = table.filter(pl.col("alpha").is_not_null()).sort("alpha")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    x = t["alpha"].to_numpy()
-    for name in ("recall@10", "ndcg@10", "map@10"):
-        axes[0].plot(x, t[name].to_numpy(), marker="o", label=name)
-    axes[0].set_title("accuracy vs alpha")
-    axes[0].legend()
-    axes[1].plot(x, t["coverage@10"].to_numpy(), marker="o", color="tab:green")
-    axes[1].set_title("coverage@10")
-    axes[2].plot(x, t["novelty@10"].to_numpy(), marker="o", color="tab:purple")
-    axes[2].set_title("novelty@10 (bits)")
-    for ax in axes:
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for fold, t in curves.items():
+        x = t["alpha"].to_numpy()
+        style = "-" if fold == "validation" else "--"
+        for ax, m in zip(axes, ("recall@10", "ndcg@10", "coverage@10")):
+            ax.plot(x, t[m].to_numpy(), style, marker="o", label=f"{fold}")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, value) in enumerate(baselines.items()):
+        axes[0].axhline(value, color=colours[(i + 2) % len(colours)], linestyle=":", linewidth=1.2,
+                        label=f"{name} (test)")
+    for ax, title in zip(axes, ("Recall@10", "NDCG@10", "coverage@10")):
+        if alpha_star is not None:
+            ax.axvline(alpha_star, color="grey", linewidth=1, label="alpha* (validation)" if ax is axes[0] else None)
+        ax.set_title(title)
         ax.set_xlabel("alpha (content weight)")
         ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
 
 
-def write_report(path: Path, tuning: pl.DataFrame, baselines: pl.DataFrame, slices: pl.DataFrame,
-                 gates: dict[str, Any], data: EvalData, timings: dict[str, float], plot_name: str) -> None:
-    """The markdown report: grid, baselines, slices, gates with intervals, timings."""
-    g1, g2 = gates.get("gate1", {}), gates.get("gate2", {})
-    verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
-    lines = [
-        "# recopt evaluation report", "",
-        f"Evaluated users: {int(tuning['users_eval'].max() or 0)}; skipped: "
-        + ", ".join(f"{k} = {v}" for k, v in data.skipped.items()) + ".", "",
-        "## Alpha grid", "", to_markdown(tuning), "",
-        f"![metrics against alpha]({plot_name})", "",
-        "## Baselines", "", to_markdown(baselines), "",
-        "## Slices", "", to_markdown(slices), "",
-        "## Acceptance gates", "",
-    ]
-    if gates.get("evaluated"):
-        lines += [
-            f"1. **{verdict(g1['passed'])}** — best alpha {gates['best_alpha']} vs best baseline "
-            f"`{gates['best_baseline']}` on Recall@10 over {g1['users']} users: {g1['alpha_value']:.4f} vs "
-            f"{g1['baseline_value']:.4f}, relative lift {g1['lift']:+.2%} (95% CI {g1['lift_ci'][0]:+.2%} .. "
-            f"{g1['lift_ci'][1]:+.2%}); required {g1['required_lift']:+.0%}"
-            + ("." if g1["significant"] else "; the interval includes no gain, so the lift is not significant."),
-            f"2. **{verdict(g2['passed'])}** — cold-start Recall@10, best alpha vs content-only: "
-            + (f"{g2['alpha_value']:.4f} vs {g2['content_only_value']:.4f} over {g2['users']} cold users "
-               f"(difference {g2['diff']:+.4f}, 95% CI {g2['diff_ci'][0]:+.4f} .. {g2['diff_ci'][1]:+.4f})."
-               if g2.get("evaluated") else g2.get("reason", "")),
-        ]
-    else:
-        lines.append(f"Not evaluated: {gates.get('reason')}")
-    lines += ["", "## Timings (seconds)", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in timings.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+def selection_lines(sel: dict[str, Any]) -> list[str]:
+    a = sel["alpha"]
+    lines = [f"- alpha* = {a['chosen']!r} ({sel['rule']})."]
+    if a.get("edge"):
+        lines.append(f"- **alpha* is at the {a['edge']} edge of the grid {a['grid']}**: the best alpha may lie "
+                     "outside it; widen evaluate.alphas or set evaluate.refine=true.")
+    if a.get("refined"):
+        lines.append(f"- refined with {a['refined']} around the first choice.")
+    lines.append("- adaptive alpha per slice: " + ", ".join(
+        f"{s} = {v!r}" if v is not None else f"{s}: no user with a CF factor" for s, v in sel["adaptive"].items()))
+    cs = sel["cold_start"]
+    lines.append(f"- cold start: beta* = {cs['beta']!r}, prior = {cs['prior']} ({cs['users']} users without a "
+                 "CF factor; beta = 0 is content only).")
+    lines.append(f"- best baseline: {sel['baseline']['chosen']}; cold-slice comparator: {sel['cold_comparator']}.")
+    for name, ref in sel["references"].items():
+        setting = {k: v for k, v in ref.items() if k != "recall@10"}
+        lines.append(f"- reference {name}: {setting}.")
+    return lines
+
+
+def write_report(text_out: Any, fold: str, table: pl.DataFrame, slices: pl.DataFrame, sel: dict[str, Any],
+                 gate_info: dict[str, Any] | None, interval_table: pl.DataFrame | None, skipped: dict[str, int],
+                 notes: list[str]) -> str:
+    """The markdown report of one fold (validation: the choices; test: results, intervals, gates)."""
+    heldout = "validation" if fold == "tune" else "test"
+    lines = [f"# recopt evaluation — {fold} fold (scored on {heldout})", "",
+             f"Evaluated users: {int(table['users_eval'].max() or 0)}; skipped: "
+             + ", ".join(f"{k} = {v}" for k, v in skipped.items()) + ".", *[f"{n}" for n in notes], "",
+             "## Choices (made on validation)", "", *selection_lines(sel), "",
+             f"## Runs on {heldout}", "", to_markdown(table.drop("users_skipped")), "",
+             "![metrics against alpha](alpha_curve.png)", ""]
+    if gate_info is not None:
+        lines += ["## Acceptance gates", "", *[f"- {line}" for line in gate_lines(gate_info)], ""]
+    if interval_table is not None and interval_table.height:
+        lines += ["## Every row against alpha* (paired bootstrap, 95% intervals)", "",
+                  to_markdown(interval_table.drop("vs")), ""]
+    lines += ["## Slices", "", to_markdown(slices), ""]
+    text = "\n".join(lines) + "\n"
+    text_out.text("report", text)
+    return text
+
+

@@ -7,7 +7,8 @@ kind) so a user fixes a file in one pass; `check` turns them into one
 `DataError`. `cast_frame` then yields the canonical frame.
 
 Line numbers in messages are `row index + first_line`: pass `first_line=2` for
-a CSV with a header line so the numbers match what an editor shows.
+a CSV with a header line so the numbers match what an editor shows. A reader
+that skipped lines passes `lines` instead: the line number of every row.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-_N_EXAMPLES = 5
+N_EXAMPLES = 5  # values or lines quoted per problem
 
 
 @dataclass(frozen=True)
@@ -132,14 +133,17 @@ def cast_frame(df: pl.DataFrame, schema: Schema) -> pl.DataFrame:
 
 
 def validate_frame(
-    df: pl.DataFrame, schema: Schema, file: str, first_line: int = 1
+    df: pl.DataFrame, schema: Schema, file: str, first_line: int = 1,
+    lines: pl.Series | None = None,
 ) -> list[Problem]:
     """All problems of `df` against `schema`; an empty list means valid.
 
     Kinds: empty frame, missing columns (with a rename hint), extra columns
     (strict schemas only), values that cannot be cast losslessly, nulls,
-    out-of-range or disallowed values, duplicate keys.
+    out-of-range or disallowed values, duplicate keys. Row i is reported as
+    line `lines[i]` when `lines` is given, else as line `i + first_line`.
     """
+    at = _LineNumbers(first_line, lines)
     problems: list[Problem] = []
     present = set(df.columns)
     extra = [c for c in df.columns if c not in schema.columns]
@@ -159,9 +163,9 @@ def validate_frame(
         ]
     for name, rule in schema.columns.items():
         if name in present:
-            problems += _column_problems(df[name], rule, file, first_line)
+            problems += _column_problems(df[name], rule, file, at)
     if schema.key and all(k in present for k in schema.key):
-        problems += _key_problems(df, schema.key, file, first_line)
+        problems += _key_problems(df, schema.key, file, at)
     return problems
 
 
@@ -185,7 +189,7 @@ def _normalise(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
-def _column_problems(s: pl.Series, rule: Column, file: str, first_line: int) -> list[Problem]:
+def _column_problems(s: pl.Series, rule: Column, file: str, at: _LineNumbers) -> list[Problem]:
     name = s.name
     problems: list[Problem] = []
     values = s
@@ -208,13 +212,13 @@ def _column_problems(s: pl.Series, rule: Column, file: str, first_line: int) -> 
             problems.append(Problem(
                 file, name,
                 f"{lost.sum()} value(s) cannot be read as {rule.dtype}, e.g. "
-                f"{_examples(s, lost, first_line)}",
+                f"{at.examples(s, lost)}",
                 f"make every value of '{name}' a valid {rule.dtype}"))
         values = values.set(lost, None) if lost.any() else values
     if not rule.nullable and s.null_count():
         null = s.is_null()
         problems.append(Problem(
-            file, name, f"{s.null_count()} missing value(s) at line(s) {_lines(null, first_line)}",
+            file, name, f"{s.null_count()} missing value(s) at line(s) {at.lines(null)}",
             f"fill in '{name}' on those lines or remove the lines"))
     if rule.min is not None or rule.max is not None:
         outside = [values < rule.min] if rule.min is not None else []
@@ -225,26 +229,26 @@ def _column_problems(s: pl.Series, rule: Column, file: str, first_line: int) -> 
             problems.append(Problem(
                 file, name,
                 f"{bad.sum()} value(s) outside [{rule.min}, {rule.max}], e.g. "
-                f"{_examples(values, bad, first_line)}",
+                f"{at.examples(values, bad)}",
                 f"keep '{name}' within [{rule.min}, {rule.max}]"))
     if rule.allowed is not None:
         bad = ~values.is_in(list(rule.allowed)).fill_null(True)
         if bad.any():
             problems.append(Problem(
                 file, name,
-                f"{bad.sum()} value(s) not allowed, e.g. {_examples(values, bad, first_line)}",
+                f"{bad.sum()} value(s) not allowed, e.g. {at.examples(values, bad)}",
                 f"use one of {sorted(map(str, rule.allowed))}"))
     return problems
 
 
-def _key_problems(df: pl.DataFrame, key: tuple[str, ...], file: str, first_line: int) -> list[Problem]:
+def _key_problems(df: pl.DataFrame, key: tuple[str, ...], file: str, at: _LineNumbers) -> list[Problem]:
     dup = df.select(pl.struct(key).is_duplicated()).to_series()
     if not dup.any():
         return []
     first = df.row(int(dup.arg_true()[0]), named=True)
     example = ", ".join(f"{k}={first[k]!r}" for k in key)
     same = pl.all_horizontal(pl.col(k) == first[k] for k in key)
-    lines = _lines(df.select(same.fill_null(False)).to_series(), first_line)
+    lines = at.lines(df.select(same.fill_null(False)).to_series())
     label = key[0] if len(key) == 1 else None
     return [Problem(
         file, label,
@@ -253,12 +257,30 @@ def _key_problems(df: pl.DataFrame, key: tuple[str, ...], file: str, first_line:
         f"keep one row per ({', '.join(key)})")]
 
 
-def _lines(mask: pl.Series, first_line: int) -> str:
-    idx = mask.arg_true()
-    shown = ", ".join(str(int(i) + first_line) for i in idx[:_N_EXAMPLES])
-    return shown + (", ..." if len(idx) > _N_EXAMPLES else "")
+@dataclass(frozen=True)
+class _LineNumbers:
+    """Row index -> line number: `lines[i]` when given, else `i + first_line`."""
+
+    first_line: int = 1
+    numbers: pl.Series | None = None
+
+    def of(self, i: int) -> int:
+        return int(self.numbers[i]) if self.numbers is not None else i + self.first_line
+
+    def lines(self, mask: pl.Series) -> str:
+        idx = mask.arg_true()
+        return first_few([self.of(int(i)) for i in idx[:N_EXAMPLES]], len(idx))
+
+    def examples(self, values: pl.Series, mask: pl.Series) -> str:
+        idx = mask.arg_true()[:N_EXAMPLES]
+        return ", ".join(f"{values[int(i)]!r} (line {self.of(int(i))})" for i in idx)
 
 
-def _examples(values: pl.Series, mask: pl.Series, first_line: int) -> str:
-    idx = mask.arg_true()[:_N_EXAMPLES]
-    return ", ".join(f"{values[int(i)]!r} (line {int(i) + first_line})" for i in idx)
+def line_numbers(mask: pl.Series, first_line: int = 1, lines: pl.Series | None = None) -> str:
+    """The first few line numbers where `mask` is true, e.g. "2, 5, 9, ..."; see `validate_frame`."""
+    return _LineNumbers(first_line, lines).lines(mask)
+
+
+def first_few(shown: Sequence[object], total: int) -> str:
+    """`shown` (the first of `total` items) joined by ", ", ending in ", ..." when some are left out."""
+    return ", ".join(map(str, shown)) + (", ..." if total > len(shown) else "")

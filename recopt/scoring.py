@@ -9,6 +9,15 @@ the pool maps to 0.5), then blended:
              (collab missing -> content; content missing -> collab; both -> 0)
     final  = (1 - w_q - w_r - w_p) * hybrid + w_q * quality + w_r * recency + w_p * provider
 
+A user without any CF factor (cold start) is scored by the cold-start rule instead
+of the blend:
+
+    cold   = (1 - beta) * content + beta * prior
+             (prior: log(1 + train count) for `popularity`, the quality signal for
+             `quality`, min-max normalised per user over the pool; missing content -> 0)
+
+beta = 0 is the seed's content-only rule; beta and the prior are chosen on validation.
+
 Every output is in [0, 1] and finite.
 
 `rerank.missing_collab` decides what an item without a CF factor gets as collab for a user
@@ -67,12 +76,68 @@ def impute_user_mean(x: NDArray[np.float32], starts: NDArray[np.int64]) -> NDArr
     return np.where(known, x, fill).astype(np.float32)
 
 
+def prior_signal(name: str, quality: NDArray[np.float32], popularity: NDArray[np.int64]) -> NDArray[np.float32]:
+    """The catalog-level cold-start prior `name` (popularity | quality), before per-user normalisation."""
+    if name == "popularity":
+        return np.log1p(popularity.astype(np.float64)).astype(np.float32)
+    return quality.astype(np.float32)
+
+
+def cold_blend(content: NDArray[np.float32], prior: NDArray[np.float32], beta: float) -> NDArray[np.float32]:
+    """(1 - beta) * content + beta * prior on normalised inputs; missing content counts 0."""
+    return ((1.0 - beta) * np.nan_to_num(content) + beta * np.nan_to_num(prior)).astype(np.float32)
+
+
 def final_scores(hybrid: NDArray[np.float32], quality: NDArray[np.float32], recency: NDArray[np.float32],
                  provider: NDArray[np.float32], cfg: RerankConfig) -> NDArray[np.float32]:
     """Add the secondary signals to the hybrid score (all inputs in [0, 1])."""
     w = 1.0 - cfg.w_quality - cfg.w_recency - cfg.w_provider
     out = w * hybrid + cfg.w_quality * quality + cfg.w_recency * recency + cfg.w_provider * provider
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """A pool's alpha-independent scores, flat and grouped by user (one entry per candidate)."""
+
+    rows: NDArray[np.int32]
+    items: NDArray[np.int32]
+    starts: NDArray[np.int64]
+    collab: NDArray[np.float32]     # normalised, imputed per rerank.missing_collab; NaN = missing
+    collab_missing: NDArray[np.bool_]  # no collab before imputation (user or item without a factor)
+    content: NDArray[np.float32]    # normalised, NaN = missing
+    quality: NDArray[np.float32]
+    recency: NDArray[np.float32]
+    provider: NDArray[np.float32]
+    cold: NDArray[np.bool_]         # the candidate's user has no collab at all (cold start)
+
+
+def normalise_pool(rows: NDArray[np.int32], items: NDArray[np.int32], collab: NDArray[np.float32],
+                   content: NDArray[np.float32], provider: NDArray[np.float32], item_quality: NDArray[np.float32],
+                   item_recency: NDArray[np.float32], missing_collab: str) -> Normalised:
+    """Per-user min-max of both components (and the imputation), done once for every alpha."""
+    starts = segment_starts(rows)
+    content_n = minmax_per_user(content, starts)
+    collab_n = minmax_per_user(collab, starts)
+    lengths = segment_lengths(starts, len(rows))
+    has_collab = np.add.reduceat((~np.isnan(collab)).astype(np.int64), starts) > 0 if len(rows) else np.zeros(0, bool)
+    if missing_collab == "user_mean":
+        collab_n = impute_user_mean(collab_n, starts)
+    return Normalised(rows=rows, items=items, starts=starts, collab=collab_n, collab_missing=np.isnan(collab),
+                      content=content_n,
+                      quality=item_quality[items], recency=item_recency[items], provider=provider,
+                      cold=np.repeat(~has_collab, lengths))
+
+
+def served_scores(n: Normalised, alpha: float, beta: float, prior: NDArray[np.float32],
+                  cfg: RerankConfig) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """(hybrid, final) of every candidate: the alpha blend, or the cold-start rule for users
+    without collab. `prior` is the catalog-level prior (:func:`prior_signal`)."""
+    hybrid = blend(n.content, n.collab, alpha)
+    if n.cold.any():
+        prior_n = minmax_per_user(prior[n.items], n.starts)
+        hybrid = np.where(n.cold, cold_blend(n.content, prior_n, beta), hybrid).astype(np.float32)
+    return hybrid, final_scores(hybrid, n.quality, n.recency, n.provider, cfg)
 
 
 @dataclass(frozen=True)
@@ -92,14 +157,10 @@ class ScoredPool:
 
 def score_pool(rows: NDArray[np.int32], items: NDArray[np.int32], collab: NDArray[np.float32],
                content: NDArray[np.float32], provider: NDArray[np.float32], item_quality: NDArray[np.float32],
-               item_recency: NDArray[np.float32], alpha: float, cfg: RerankConfig) -> ScoredPool:
-    """Normalise per user, blend with `alpha`, add the secondary signals."""
-    starts = segment_starts(rows)
-    content_n = minmax_per_user(content, starts)
-    collab_n = minmax_per_user(collab, starts)
-    if cfg.missing_collab == "user_mean":
-        collab_n = impute_user_mean(collab_n, starts)
-    hybrid = blend(content_n, collab_n, alpha)
-    q, r = item_quality[items], item_recency[items]
-    return ScoredPool(rows=rows, items=items, collab=collab_n, content=content_n, hybrid=hybrid, quality=q,
-                      recency=r, provider=provider, final=final_scores(hybrid, q, r, provider, cfg))
+               item_recency: NDArray[np.float32], prior: NDArray[np.float32], alpha: float,
+               cfg: RerankConfig) -> ScoredPool:
+    """Normalise per user, blend with `alpha` (cold users: rerank.cold_beta), add the signals."""
+    n = normalise_pool(rows, items, collab, content, provider, item_quality, item_recency, cfg.missing_collab)
+    hybrid, final = served_scores(n, alpha, cfg.cold_beta, prior, cfg)
+    return ScoredPool(rows=rows, items=items, collab=n.collab, content=n.content, hybrid=hybrid,
+                      quality=n.quality, recency=n.recency, provider=provider, final=final)

@@ -1,4 +1,13 @@
-"""Train/test split with simulated cold-start users and per-user slices.
+"""Train/test split, the tune fold built from train alone, simulated cold-start users, slices.
+
+Two folds, each a (train, held-out, users) triple written as its own artifact:
+
+* ``test``: the ratings split into train and test by ``split.strategy`` with ``test_frac``.
+* ``tune``: the same procedure applied to the test fold's train alone, with
+  ``validation_frac``: tune-train and validation. Its simulated cold users are a
+  seeded set disjoint from the test fold's. Nothing of the test split reaches it,
+  so every choice made on it (alpha, beta, baselines, reference settings) is
+  free of test information.
 
 Strategies (all deterministic: ties in time are broken by movieId):
 * ``temporal_user``: each user's last ``test_frac`` of ratings by time go to
@@ -10,55 +19,63 @@ Strategies (all deterministic: ties in time are broken by movieId):
 
 Then a seeded ``cold_user_frac`` of the users with more than
 ``cold_user_train_n`` ratings keep only their first ``cold_user_train_n``
-ratings in train; the rest of their ratings go to test. Slices: ``cold`` (those
-users, and any user left with no train rating), ``heavy`` (top ``heavy_frac``
-of the others by train count), ``warm`` (the rest). Train and test are
-disjoint and together are exactly the input ratings.
+ratings in train; the rest of their ratings go to the held-out split. Slices:
+``cold`` (those users, and any user left with no train rating), ``heavy`` (top
+``heavy_frac`` of the others by train count), ``warm`` (the rest). Train and
+held-out are disjoint and together are exactly the input ratings.
+
+A fold whose held-out split has no rating >= ``relevance_threshold`` cannot
+evaluate anyone: the stage stops there and names the key.
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+from numpy.typing import NDArray
 
-from recopt.config import Config, SplitConfig
-from recopt.io import run_stats, timed, write_json, write_parquet
+from recopt.artifacts import HELDOUT, open_artifact, output
+from recopt.config import Config, ConfigError, SplitConfig
 from recopt.rng import stage_rng
+from recopt.runlog import timed
 
 SLICES = ("cold", "warm", "heavy")
 
 
 def split_ratings(ratings: pl.DataFrame, cfg: SplitConfig, relevance_threshold: float,
-                  rng: np.random.Generator) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Split canonical ratings into (train, test, users).
+                  rng: np.random.Generator, *, holdout_frac: float | None = None,
+                  not_cold: NDArray[np.int64] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Split canonical ratings into (train, held-out, users).
 
-    users has one row per user of `ratings`: userId, n_train, n_test,
-    n_relevant (test ratings >= relevance_threshold), slice. Empty ratings give
-    empty frames.
+    `holdout_frac` replaces ``cfg.test_frac`` (the tune fold passes validation_frac);
+    users in `not_cold` are never drawn as simulated cold users. users has one row
+    per user of `ratings`: userId, n_train, n_heldout, n_relevant (held-out ratings
+    >= relevance_threshold), slice. Empty ratings give empty frames.
     """
+    frac = cfg.test_frac if holdout_frac is None else holdout_frac
     df = ratings.sort(["userId", "timestamp", "movieId"]).with_columns(
         pos=pl.int_range(pl.len()).over("userId").cast(pl.Int32),
         n=pl.len().over("userId").cast(pl.Int32),
     )
     if cfg.strategy == "temporal_user":
         n_test = pl.when(pl.col("n") >= 2).then(
-            pl.max_horizontal((pl.col("n") * cfg.test_frac).floor().cast(pl.Int32), pl.lit(1))).otherwise(0)
+            pl.max_horizontal((pl.col("n") * frac).floor().cast(pl.Int32), pl.lit(1))).otherwise(0)
         is_test = pl.col("pos") >= pl.col("n") - n_test
     elif cfg.strategy == "leave_last_n":
         n_test = pl.min_horizontal(pl.lit(cfg.leave_last_n), pl.col("n") - 1)
         is_test = pl.col("pos") >= pl.col("n") - n_test
     elif cfg.strategy == "temporal_global":
-        cutoff = df["timestamp"].quantile(1.0 - cfg.test_frac, interpolation="lower") if df.height else 0
+        cutoff = df["timestamp"].quantile(1.0 - frac, interpolation="lower") if df.height else 0
         is_test = pl.col("timestamp") > cutoff
     else:
         raise ValueError(f"split.strategy: unknown strategy {cfg.strategy!r}")
 
     user_n = df.group_by("userId").agg(pl.first("n")).sort("userId")
     eligible = user_n.filter(pl.col("n") > cfg.cold_user_train_n)["userId"].to_numpy()
+    if not_cold is not None:
+        eligible = eligible[~np.isin(eligible, not_cold)]
     n_cold = int(round(cfg.cold_user_frac * len(user_n)))
     cold = np.sort(rng.choice(eligible, size=min(n_cold, len(eligible)), replace=False))
     is_cold = pl.col("userId").is_in(pl.Series(cold, dtype=pl.Int32).implode())
@@ -71,7 +88,7 @@ def split_ratings(ratings: pl.DataFrame, cfg: SplitConfig, relevance_threshold: 
 
     users = df.group_by("userId").agg(
         n_train=(~pl.col("is_test")).sum().cast(pl.Int32),
-        n_test=pl.col("is_test").sum().cast(pl.Int32),
+        n_heldout=pl.col("is_test").sum().cast(pl.Int32),
         n_relevant=(pl.col("is_test") & (pl.col("rating") >= relevance_threshold)).sum().cast(pl.Int32),
     ).sort("userId")
     users = users.with_columns(cold=is_cold | (pl.col("n_train") == 0))
@@ -86,30 +103,53 @@ def split_ratings(ratings: pl.DataFrame, cfg: SplitConfig, relevance_threshold: 
     return train, test, users
 
 
-def read_relevant(split_dir: Path, relevance_threshold: float) -> pl.DataFrame:
-    """Test interactions rated >= relevance_threshold: every user's relevant items."""
-    return pl.read_parquet(Path(split_dir) / "test.parquet").filter(pl.col("rating") >= relevance_threshold)
+def relevant_items(heldout: pl.DataFrame, relevance_threshold: float) -> pl.DataFrame:
+    """Held-out interactions rated >= relevance_threshold: every user's relevant items."""
+    return heldout.filter(pl.col("rating") >= relevance_threshold)
+
+
+def _check_relevance(heldout: pl.DataFrame, fold: str, threshold: float) -> None:
+    if heldout.height and (heldout["rating"] >= threshold).any():
+        return
+    seen = (f"its ratings range {heldout['rating'].min()} .. {heldout['rating'].max()}" if heldout.height
+            else "it is empty")
+    raise ConfigError(f"relevance_threshold: no {HELDOUT[fold]} rating is >= {threshold} ({seen}), so no user "
+                      "has a relevant item and nothing can be evaluated — lower relevance_threshold (e.g. "
+                      "relevance_threshold=3.0) or check the rating scale of the data")
 
 
 def run_split(cfg: Config) -> dict[str, Any]:
-    """Run the split stage on paths.ingest, write paths.split; returns its manifest."""
-    started, timings = time.perf_counter(), {}
-    out = Path(cfg.paths.split)
+    """Run the split stage: paths.ingest -> the test fold, then the tune fold from its train."""
+    ingest = open_artifact(cfg.paths, "ingest", reader="split")
+    timings: dict[str, float] = {}
     with timed("read", timings):
-        ratings = pl.read_parquet(Path(cfg.paths.ingest) / "ratings.parquet")
-    with timed("split", timings):
-        train, test, users = split_ratings(ratings, cfg.split, cfg.relevance_threshold,
-                                           stage_rng(cfg.seed, "split"))
-    with timed("write", timings):
-        for name, df in (("train", train), ("test", test), ("users", users)):
-            write_parquet(df, out / f"{name}.parquet")
-    slices = dict(users.group_by("slice").len().sort("slice").iter_rows())
-    manifest = {
-        "strategy": cfg.split.strategy,
-        "counts": {"n_train": train.height, "n_test": test.height, "n_users": users.height,
-                   "users_with_relevant_test": int((users["n_relevant"] > 0).sum()),
-                   "slices": slices},
-        **run_stats(timings, started),
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
+        ratings = ingest.parquet("ratings")
+    rng = stage_rng(cfg.seed, "split")
+    with timed("split_test", timings):
+        train, test, users = split_ratings(ratings, cfg.split, cfg.relevance_threshold, rng)
+    cold_in_test = users.filter(pl.col("slice") == "cold")["userId"].to_numpy()
+    with timed("split_tune", timings):
+        tune_train, validation, tune_users = split_ratings(
+            train, cfg.split, cfg.relevance_threshold, stage_rng(cfg.seed, "split/tune"),
+            holdout_frac=cfg.split.validation_frac, not_cold=cold_in_test)
+    folds = {"test": (train, test, users), "tune": (tune_train, validation, tune_users)}
+    for fold, (_, held, _) in folds.items():
+        _check_relevance(held, fold, cfg.relevance_threshold)
+    summaries = {}
+    for fold, (tr, held, us) in folds.items():
+        with output(cfg, "split", fold) as out:
+            if fold == "test":
+                out.uses(ingest)
+            else:  # built from the test fold's train alone: no test rating is an input
+                out.uses_file(open_artifact(cfg.paths, "split", "test", reader="split@tune"), "train")
+            out.timings = timings
+            for name, df in (("train", tr), ("heldout", held), ("users", us)):
+                out.parquet(name, df)
+            out.summary = {
+                "source": ingest.summary.get("source"), "strategy": cfg.split.strategy, "heldout": HELDOUT[fold],
+                "counts": {"n_train": tr.height, "n_heldout": held.height, "n_users": us.height,
+                           "users_with_relevant_heldout": int((us["n_relevant"] > 0).sum()),
+                           "slices": dict(us.group_by("slice").len().sort("slice").iter_rows())},
+            }
+        summaries[fold] = out.summary
+    return summaries

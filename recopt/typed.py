@@ -6,6 +6,7 @@ Used by recopt.config: each problem is one line naming its dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -78,6 +79,9 @@ def _coerce(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{key}: expected a number, got {value!r}")
             return value
+        if not math.isfinite(value):
+            problems.append(f"{key}: must be a finite number, got {value!r}")
+            return value
         return float(value)
     if hint is str and not isinstance(value, str):
         problems.append(f"{key}: expected a string, got {value!r}")
@@ -95,9 +99,18 @@ def check_value(problems: list[str], key: str, value: Any, *, low: float | None 
         if value not in choices:
             problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}")
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return  # already reported as a type problem
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return  # already reported as a type or finiteness problem
     if low is not None and (value <= low if low_open else value < low):
         problems.append(f"{key}: {value!r} must be {'>' if low_open else '>='} {low}")
     if high is not None and value > high:
         problems.append(f"{key}: {value!r} must be <= {high}")
+
+
+def check_unique(problems: list[str], key: str, values: list[Any]) -> None:
+    """Append a problem for every value listed more than once (a grid of runs must not repeat one)."""
+    seen: set[Any] = set()
+    for i, v in enumerate(values):
+        if v in seen:
+            problems.append(f"{key}[{i}]: {v!r} is listed twice; each value is one run — remove the repeat")
+        seen.add(v)

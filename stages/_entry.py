@@ -1,24 +1,28 @@
-"""How every stage module starts: one config, two ways in.
+"""How every stage module starts: one config, two ways in, one way out on user errors.
 
-* `python -m stages.<name> --params params.yaml` (what dvc.yaml runs) uses
-  exactly the composed params.yaml, so `dvc exp run -S key=value` works.
-* `python -m stages.<name> [key=value ...] [-m]` composes conf/ with Hydra
-  overrides (and sweeps with -m).
+* `python -m stages.<name> --params params.yaml [--fold tune|test]` (what dvc.yaml runs)
+  uses exactly the composed params.yaml, so `dvc exp run -S key=value` works.
+* `python -m stages.<name> [--fold tune|test] [key=value ...] [-m]` composes conf/ with
+  Hydra overrides (and sweeps with -m).
 
-Both build the same typed :class:`recopt.config.Config`.
+Both build the same typed :class:`recopt.config.Config`. A user error (bad data, bad
+config, a missing or stale input artifact) prints one message and exits with status 2,
+without a traceback; set RECOPT_DEBUG=1 to see it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from recopt.config import Config, ConfigError, load_config, read_params
+from recopt.config import FOLDS, Config, load_config, read_params
+from recopt.errors import RecoptError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -30,6 +34,7 @@ class Invocation:
     """How a stage was started: by DVC from params.yaml, or by Hydra."""
 
     mode: str                      # "params" | "hydra"
+    fold: str | None = None        # --fold, when given
     sweep_dir: Path | None = None  # Hydra multirun: the sweep's output folder
     job_num: int | None = None
 
@@ -51,41 +56,64 @@ def _setup_logging() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-dispatch chatter is not news
 
 
-def run(main: Callable[[Config, Invocation], None], *, hydra_overrides: tuple[str, ...] = ()) -> None:
+def fail(err: BaseException) -> NoReturn:
+    """Print a user error as one message and exit 2 (RECOPT_DEBUG=1: re-raise with its traceback)."""
+    if os.environ.get("RECOPT_DEBUG"):
+        raise err
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _take_fold(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Remove `--fold X` from argv; exit with a usage message when X is not a fold."""
+    if "--fold" not in argv:
+        return None, argv
+    i = argv.index("--fold")
+    if i + 1 >= len(argv) or argv[i + 1] not in FOLDS:
+        fail(RecoptError(f"--fold: expected one of {', '.join(FOLDS)}"))
+    return argv[i + 1], argv[:i] + argv[i + 2:]
+
+
+def guarded(call: Callable[[], Any]) -> Any:
+    """Run `call`, turning user errors into one clean message."""
+    try:
+        return call()
+    except RecoptError as err:
+        fail(err)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def run(main: Callable[[Config, Invocation], Any], *, hydra_overrides: tuple[str, ...] = ()) -> Any:
     """Run a stage's `main(cfg, invocation)` from the command line.
 
     `hydra_overrides` are appended to the command line in Hydra mode (e.g. a callback
-    that only this stage registers).
+    that only this stage registers). In Hydra mode `main`'s return value is the job's
+    return value (what an optimising sweeper maximises).
     """
-    argv = sys.argv[1:]
+    fold, argv = _take_fold(sys.argv[1:])
     if argv[:1] == ["--params"]:
         _setup_logging()
         if len(argv) != 2:
-            sys.exit("usage: python -m stages.<name> --params params.yaml")
-        try:
-            cfg = read_params(argv[1])
-        except ConfigError as err:
-            sys.exit(str(err))
-        main(cfg, Invocation(mode="params"))
-        return
+            fail(RecoptError("usage: python -m stages.<name> --params params.yaml [--fold tune|test]"))
+        cfg = guarded(lambda: read_params(argv[1]))
+        return guarded(lambda: main(cfg, Invocation(mode="params", fold=fold)))
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def _hydra_main(dcfg: DictConfig) -> None:
+    def _hydra_main(dcfg: DictConfig) -> Any:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
         raw = OmegaConf.to_container(dcfg, resolve=True)
-        try:
-            cfg = load_config(raw, source="conf/ + overrides")  # type: ignore[arg-type]
-        except ConfigError as err:
-            sys.exit(str(err))
+        cfg = guarded(lambda: load_config(raw, source="conf/ + overrides"))  # type: ignore[arg-type]
         hc = HydraConfig.get()
         multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
-        main(cfg, Invocation(mode="hydra",
-                             sweep_dir=Path(hc.sweep.dir) if multirun else None,
-                             job_num=hc.job.num if multirun else None))
+        how = Invocation(mode="hydra", fold=fold, sweep_dir=Path(hc.sweep.dir) if multirun else None,
+                         job_num=hc.job.num if multirun else None)
+        return guarded(lambda: main(cfg, how))
 
     # name the Hydra job after the stage (not this module), e.g. for the sweep callback
-    sys.argv += [f"hydra.job.name={main.__module__.rsplit('.', 1)[-1]}", *hydra_overrides]
-    _hydra_main()
+    sys.argv = [sys.argv[0], *argv, f"hydra.job.name={main.__module__.rsplit('.', 1)[-1]}", *hydra_overrides]
+    return _hydra_main()

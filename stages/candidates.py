@@ -1,16 +1,17 @@
-"""candidates: split + embeddings + CF factors -> per-user candidate pools with component scores.
+"""candidates: a fold's split + embeddings + CF factors -> per-user candidate pools with component scores.
 
-Reads:  paths.ingest (movies, providers), paths.split, paths.embed_load, paths.cf_load
-Writes: paths.candidates/{pools/, items.parquet, users.parquet, assembly.json, manifest.json}
+Reads:  the ingest artifact (movies, providers), split@<fold>, embed_load@<fold>, cf_load@<fold>
+Writes: candidates@<fold> {pools/part-NNNNN.parquet, items, users, assembly}
 """
 
-from recopt.config import Config
+from recopt.config import FOLDS, Config
 from recopt.pools import run_candidates
 from stages._entry import Invocation, run
 
 
-def main(cfg: Config, _: Invocation) -> None:
-    run_candidates(cfg)
+def main(cfg: Config, how: Invocation) -> None:
+    for fold in [how.fold] if how.fold else FOLDS:
+        run_candidates(cfg, fold)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
-"""evaluate: candidate pools -> ranked lists, metrics, gates, report, MLflow runs.
+"""evaluate: a fold's candidate pools -> ranked lists, metrics, choices (tune) or gates (test), MLflow runs.
 
-    python -m stages.evaluate --params params.yaml     (dvc repro: the alpha grid + baselines, all outputs)
-    python -m stages.evaluate alpha=0.5                (one alpha, one MLflow run)
-    python -m stages.evaluate -m alpha=0.35,0.5,0.65   (a sweep; the comparison table is written
-                                                        to the sweep folder when it ends)
-Reads:  paths.split, paths.embed_load (mmr, embeddings), paths.candidates
-Writes: paths.evaluate/{results/, metrics.json, alpha_curve.csv}; runs in paths.mlflow_uri
+    python -m stages.evaluate --params params.yaml --fold tune   (dvc repro: every choice, on validation)
+    python -m stages.evaluate --params params.yaml --fold test   (dvc repro: the choices reported on test)
+    python -m stages.evaluate alpha=0.5                          (one alpha on evaluate.fold, one MLflow run)
+    python -m stages.evaluate -m alpha=0.35,0.5,0.65             (a sweep on evaluate.fold; the comparison is
+                                                                  written to the sweep folder when it ends)
+Reads:  split@<fold>, embed_load@<fold>, candidates@<fold>; evaluate@tune (for the test fold)
+Writes: evaluate@<fold>; for the test fold also paths.metrics/{evaluate.json, alpha_curve.csv}
 """
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from recopt.config import Config, load_config
-from recopt.sweep import compare_sweep, evaluate_grid, evaluate_one
-from stages._entry import Invocation, run
+from recopt.errors import RecoptError
+from recopt.gates import enforce
+from recopt.sweep import compare_sweep, evaluate_fold, evaluate_job
+from stages._entry import Invocation, guarded, run
 
 
 class SweepTable(Callback):
@@ -26,17 +28,21 @@ class SweepTable(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)  # resolved (and cached) as the sweeper did
         job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        compare_sweep(load_config(OmegaConf.to_container(job, resolve=True)), sweep_dir)  # type: ignore[arg-type]
+        guarded(lambda: compare_sweep(load_config(OmegaConf.to_container(job, resolve=True)), sweep_dir))  # type: ignore[arg-type]
 
 
-def main(cfg: Config, how: Invocation) -> None:
+def main(cfg: Config, how: Invocation) -> Any:
     if how.mode == "params":
-        gates = evaluate_grid(cfg)
-        if cfg.evaluate.enforce_gates and not gates.get("passed", False):
-            sys.exit("evaluate: acceptance gates failed (evaluate.enforce_gates=true); see results/report.md")
-        return
-    r = evaluate_one(cfg, how.sweep_dir, how.job_num)
-    print({k: round(v, 4) for k, v in r.summary.items()})
+        if how.fold is None:
+            raise RecoptError("evaluate: --fold tune|test is required with --params (dvc.yaml passes it)")
+        gates = evaluate_fold(cfg, how.fold)
+        if how.fold == "test" and cfg.evaluate.enforce_gates and not gates.get("passed", False):
+            verdicts = [gates.get(g, {}).get("verdict") for g in ("gate1", "gate2")]
+            raise RecoptError(f"evaluate@test: acceptance gates {verdicts} (evaluate.enforce_gates=true"
+                              f"{', enforce_inconclusive=true' if cfg.evaluate.enforce_inconclusive else ''}); "
+                              "see the report")
+        return None
+    return evaluate_job(cfg, how.fold or cfg.evaluate.fold, how.sweep_dir, how.job_num)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from stages._entry import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 ML_SMALL = ROOT.parent / "shared" / "data" / "ml-latest-small"
-STAGE_DIRS = ("ingest", "split", "embed_load", "cf_load", "candidates", "evaluate", "downloads")
+STAGE_DIRS = ("ingest", "split", "embed_load", "cf_load", "candidates", "evaluate", "downloads", "runs",
+              "checkpoints", "metrics")
 
 
 def tmp_config(tmp: Path, *overrides: str) -> Config:
@@ -35,6 +36,25 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Config:
     ingest(cfg)
     run_split(cfg)
     return cfg
+
+
+def build_folds(cfg: Config, folds: tuple[str, ...] = ("tune", "test")) -> Config:
+    """Run embed-load, cf-load and candidates for `folds` on a config whose split is built."""
+    from recopt.cf import run_cf_load
+    from recopt.embeddings import run_embed_load
+    from recopt.pools import run_candidates
+
+    for fold in folds:
+        run_embed_load(cfg, fold)
+        run_cf_load(cfg, fold)
+        run_candidates(cfg, fold)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_built(tiny: Config) -> Config:
+    """The tiny config with every stage up to candidates built for both folds."""
+    return build_folds(tiny)
 
 
 def needs_ml_small() -> Path:
