@@ -61,8 +61,8 @@ LAYOUT: dict[str, dict[str, str]] = {
                  "intervals": "intervals.csv"},
 }
 FOLDED = {"split", "embed_load", "cf_load", "candidates", "evaluate"}
-# small git-tracked files DVC compares across experiments (`dvc exp show`, `dvc plots diff`)
-METRICS = {"evaluate": "evaluate.json", "alpha_curve": "alpha_curve.csv"}
+# small git-tracked files DVC compares across experiments (`dvc exp show`, `dvc plots diff`), per fold
+METRICS = {"metrics": "{fold}.json", "curve": "{fold}_alpha_curve.csv"}
 
 
 class ArtifactError(RecoptError):
@@ -94,9 +94,9 @@ def file_name(stage: str, name: str, fold: str | None = None) -> str:
     return LAYOUT[stage][name].format(heldout=HELDOUT.get(fold or "", ""))
 
 
-def metrics_path(cfg: Any, name: str) -> Path:
-    """Where the DVC metrics/plots file `name` lives (paths.metrics, tracked by git)."""
-    return Path(cfg.paths.metrics) / METRICS[name]
+def metrics_path(cfg: Any, name: str, fold: str) -> Path:
+    """Where fold `fold`'s DVC metrics or plots file lives (under paths.metrics, tracked by git)."""
+    return Path(cfg.paths.metrics) / METRICS[name].format(fold=fold)
 
 
 def sha256_file(path: Path) -> str:

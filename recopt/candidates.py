@@ -241,7 +241,9 @@ def build_batch(ctx: Context, users: NDArray[np.int64]) -> Batch:
     cold = ~has_cf & has_profile
     r_pr, i_pr, p_pr = _top_unseen(ctx.content_vectors, ctx.content_items, profiles[cold], local[cold],
                                    cfg.n_cf_seed, n_seen[cold], seen)
-    r_po, i_po, p_po = _popular_unseen(ctx.popular, local[~has_cf], cfg.n_popular_cold, n_seen[~has_cf], seen)
+    # a user without a CF factor is scored through content (and the prior): popular items with content
+    r_po, i_po, p_po = _popular_unseen(ctx.popular[inp.has_content[ctx.popular]], local[cold], cfg.n_popular_cold,
+                                       n_seen[cold], seen)
     anc = ctx.anchors[users].tocoo()
     nb = ctx.neighbours[anc.col]
     r_ct = np.repeat(anc.row.astype(np.int64), nb.shape[1])

@@ -52,6 +52,15 @@ def one_thread_per_batch() -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def _one_thread_here() -> None:
+    """Per-thread part of the limits: OpenMP's thread count is a property of the calling thread."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(limits=1, user_api="openmp")
+
+
 def _in_ray_worker(fn: Callable[[Any, Any], Any], shared: Any, task: Any) -> Any:
     with one_thread_per_batch():
         return fn(shared, task)
@@ -79,7 +88,8 @@ class LocalEngine(Engine):
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, tasks: Iterable[Any], *, desc: str,
             total: int | None = None, deadline: float | None = None) -> Iterator[Any]:
         todo = iter(tasks)
-        with one_thread_per_batch(), ThreadPoolExecutor(self.workers, thread_name_prefix="recopt") as pool, \
+        with one_thread_per_batch(), ThreadPoolExecutor(self.workers, thread_name_prefix="recopt",
+                                                        initializer=_one_thread_here) as pool, \
                 tqdm(total=total, desc=desc, unit="batch", mininterval=2, leave=False) as bar:
             pending: deque[Any] = deque()
 
@@ -134,8 +144,8 @@ class RayEngine(Engine):
             def top_up() -> None:
                 while (len(running) + len(done) < self.cfg.max_in_flight
                        and (deadline is None or time.perf_counter() < deadline)):
-                    item = next(todo, _END)
-                    if item is _END:
+                    item = next(todo, None)
+                    if item is None:
                         return
                     i, task = item
                     running[self.remote.remote(fn, shared_ref, task)] = i
@@ -151,7 +161,6 @@ class RayEngine(Engine):
                 next_out += 1
                 yield result
                 top_up()
-        del shared_ref
 
 
 def make_engine(cfg: EngineConfig) -> Engine:

@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from recopt.errors import RecoptError
+
 
 @dataclass(frozen=True)
 class Packing:
@@ -38,7 +40,7 @@ def packing(*sizes: int, what: str = "sort key") -> Packing:
     """Layout for fields taking values in [0, size); ValueError if they do not fit 63 bits."""
     widths = tuple(max(int(s - 1).bit_length(), 1) for s in sizes)
     if sum(widths) > 63:
-        raise ValueError(f"{what}: fields of sizes {sizes} need {sum(widths)} bits, more than 63; "
+        raise RecoptError(f"{what}: fields of sizes {sizes} need {sum(widths)} bits, more than 63; "
                          "use a smaller candidates.batch_users")
     return Packing(widths)
 

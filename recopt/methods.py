@@ -266,7 +266,6 @@ def _pure_collab(n: Normalised) -> NDArray[np.float32]:
 
 def evaluate_batch(shared: Shared, task: Task) -> dict[str, PartBatch]:
     """Rank and measure every part on one batch of users."""
-    k = shared.cfg.rerank.k_final
     norm = None
     pool_sizes = np.zeros(len(task.users), np.int64)
     if task.pool is not None:

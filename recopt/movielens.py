@@ -76,6 +76,7 @@ import polars as pl
 from tqdm import tqdm
 
 from recopt.csvcheck import Table, read_table
+from recopt.errors import RecoptError
 from recopt.schemas import (
     MOVIES, PROVIDERS, RATINGS, TAGS, USER_PROVIDERS,
     Column, DataError, Problem, Schema, cast_frame, check, empty_frame, line_numbers,
@@ -291,7 +292,7 @@ def download_movielens(
     `dest`. A folder already marked `.complete` is returned without downloading.
     """
     if not re.fullmatch(r"[\w.-]+", release):
-        raise ValueError(f"release must be a plain name like 'ml-latest-small', got {release!r}")
+        raise RecoptError(f"data.release: must be a plain name like 'ml-latest-small', got {release!r}")
     dest = Path(dest)
     target = dest / release
     if (target / ".complete").is_file():

@@ -81,12 +81,12 @@ def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fol
 
 def format_recommendation(rec: Recommendation, show_hits: bool, width: int = 100) -> str:
     """A header and a table at most `width` columns wide, for a person to read."""
-    rule = ("the cold-start rule (1-beta)*content + beta*prior, beta=" + repr(rec.beta)) if not rec.has_cf \
-        else f"alpha={rec.alpha!r}: {rec.alpha!r}*content + {1 - rec.alpha!r}*collab"
+    rule = f"cold start: beta={rec.beta!r} (content vs prior)" if not rec.has_cf \
+        else f"alpha={rec.alpha!r} (content weight)"
     lines = [f"user {rec.user_id} · slice {rec.slice} · {rec.n_train} train ratings · "
-             f"{'has' if rec.has_cf else 'no'} CF factor · {rule}",
-             f"fold {rec.fold} (models fit on {'train' if rec.fold == 'test' else 'tune-train'}); "
-             "the order is MMR's (relevance traded against similarity to items above), so `final` is not sorted."]
+             f"{'has a' if rec.has_cf else 'no'} CF factor · {rule}",
+             f"fold {rec.fold} (models fit on {'train' if rec.fold == 'test' else 'tune-train'}). The order is MMR's:",
+             "relevance traded against similarity to the items above, so `final` is not sorted."]
     title_w = width - 72
     head = f"{'rank':>4} {'movieId':>8}  {'title':<{title_w}} {'final':>6} {'hybrid':>6} {'collab':>6} {'content':>7}  sources"
     lines += [head, "-" * min(len(head) + 8, width)]

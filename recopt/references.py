@@ -19,6 +19,7 @@ the first, 0 for the last; 0.5 when all are equal), so lists stay in [0, 1].
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,9 @@ def fit_itemknn(x: sp.csr_matrix, k: int) -> sp.csr_matrix:
     from implicit.nearest_neighbours import CosineRecommender
 
     model = CosineRecommender(K=k)
-    model.fit(x, show_progress=False)
+    with warnings.catch_warnings():  # implicit converts its own transposed copy back to CSR, and says so
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        model.fit(x, show_progress=False)
     return model.similarity.tocsr().astype(np.float32)
 
 

@@ -15,23 +15,26 @@ from recopt import gates
 from recopt.config import Config
 from recopt.runs import Run, common_users, on_users, slice_summaries, user_slices
 
-USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10",
-                "alpha_time_sec", "alpha_timed_out"]
+# The study's columns first. Its alpha_time_sec is a run fact: it lives in paths.runs/evaluate@<fold>.json
+# and in MLflow, never in a DVC-tracked table (identical results must hash identically).
+USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10", "alpha_timed_out"]
 METRIC_COLUMNS = ["recall@5", "recall@20", "ndcg@10", "mrr@10", "hit_rate@10", "coverage@10", "novelty@10",
                   "diversity@10", "pool_recall", "cold_item_share@10"]
 CONSOLE = ["recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10"]
 INTERVAL_METRICS = ["recall@10", "map@10", "ndcg@10"]
 
 
-def runs_table(runs: list[Run], skipped: int) -> pl.DataFrame:
-    """One row per run: how it was chosen, its users, every metric."""
+def runs_table(runs: list[Run], skipped: int, with_time: bool = False) -> pl.DataFrame:
+    """One row per run: how it was chosen, its users, every metric (and its compute seconds when
+    `with_time`: only for tables outside DVC's outputs)."""
     rows = []
     for r in runs:
         s = r.summary
         rows.append({"run": r.name, "chosen": r.chosen, "alpha": r.alpha, "users_eval": int(s["users_eval"]),
-                     "users_skipped": skipped, "mean_cand": round(s["mean_cand"], 1), "alpha_time_sec": r.seconds,
+                     "users_skipped": skipped, "mean_cand": round(s["mean_cand"], 1),
                      "alpha_timed_out": not r.complete, **{k: s.get(k, float("nan"))
-                                                           for k in ["recall@10", "map@10", *METRIC_COLUMNS]}})
+                                                           for k in ["recall@10", "map@10", *METRIC_COLUMNS]},
+                     **({"alpha_time_sec": r.seconds} if with_time else {})})
     return pl.DataFrame(rows, schema_overrides={"alpha": pl.Float64})
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from recopt.errors import RecoptError
+
 N_EXAMPLES = 5  # values or lines quoted per problem
 
 
@@ -39,7 +41,7 @@ class Problem:
         return f"{self.file}: {where}{self.what} — fix: {self.fix}"
 
 
-class DataError(ValueError):
+class DataError(RecoptError):
     """Every problem found in the inputs, one line each."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:

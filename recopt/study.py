@@ -91,7 +91,6 @@ def single_runs(data: EvalData, parts: dict[str, Any], kinds: tuple[str, ...]) -
 
 def _select(cfg: Config, data: EvalData, parts: dict[str, Any], alphas: list[float]) -> dict[str, Any]:
     """Every choice, on validation, with the values behind it."""
-    v = cfg.evaluate
     cold_parts = [p for p in parts.values() if p.part.kind == COLD]
     cold_runs = [join(p.part.name, COLD, [(p, None)], data) for p in cold_parts]
     # no user without a CF factor: nothing to choose, the seed's beta = 0 is kept

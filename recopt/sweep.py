@@ -22,7 +22,6 @@ from recopt.methods import ALPHA, BASELINE, COLD, Part
 from recopt.report import (acceptance_gates, console_table, gate_lines, intervals, plot_alpha_curve, runs_table,
                            slices_table, to_markdown, tuning_table, write_report)
 from recopt.rng import stage_rng
-from recopt.runlog import log
 from recopt.errors import RecoptError
 from recopt.runs import Run, choose, common_users, join, load_run, restrict, save_run, user_slices
 from recopt.study import FoldResult, alpha_run, run_test, run_tune
@@ -128,28 +127,31 @@ def evaluate_fold(cfg: Config, fold: str) -> dict[str, Any]:
         out.summary = {"selection": sel, "runs": len(runs), "users_eval": int(star.summary["users_eval"])
                        if star is not None else 0}
         out.timings = {f"pass{i}": p.seconds for i, p in enumerate(result.passes)} | \
-            {f"fit:{k}": v for p in result.passes for k, v in p.fit_seconds.items()}
-    if fold == "test":
-        _write_dvc_metrics(cfg, table, curves, gates or {}, sel)
+            {f"fit:{k}": v for p in result.passes for k, v in p.fit_seconds.items()} | \
+            {f"alpha_time_sec:{r.name}": r.seconds for r in runs}
+    _write_dvc_metrics(cfg, fold, table, gates, sel)
     _track(cfg, result, table, slices, gates, interval_table, out.root, kind="dvc")
     _print_summary(fold, table, star, gates, out.root / "report.md")
     return gates or {}
 
 
-def _write_dvc_metrics(cfg: Config, table: pl.DataFrame, curves: dict[str, pl.DataFrame], gates: dict[str, Any],
+def _write_dvc_metrics(cfg: Config, fold: str, table: pl.DataFrame, gates: dict[str, Any] | None,
                        sel: dict[str, Any]) -> None:
-    """metrics/evaluate.json and metrics/alpha_curve.csv: small, git-tracked, compared by `dvc exp show`."""
+    """metrics/<fold>.json (alpha* on this fold) and metrics/<fold>_alpha_curve.csv: small, git-tracked,
+    compared across experiments by `dvc exp show`, `dvc metrics diff`, `dvc plots diff`."""
     star = table.filter(pl.col("chosen") == "alpha* (validation)").row(0, named=True)
-    val = curves["validation"].filter(pl.col("alpha") == sel["alpha"]["chosen"])
-    doc = {"alpha_star": sel["alpha"]["chosen"],
-           "test": {k: round(star[k], 6) for k in ("recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10")},
-           "validation": {"recall@10": round(val["recall@10"][0], 6) if val.height else None},
-           "gate1": gates.get("gate1", {}).get("verdict"), "gate2": gates.get("gate2", {}).get("verdict"),
-           "gate1_lift": round(gates.get("gate1", {}).get("recall@10", {}).get("lift", float("nan")), 6)}
-    write_text_atomic(metrics_path(cfg, "evaluate"), dump_json(doc))
-    curve = pl.concat([c.select("alpha", "recall@10", "ndcg@10", "map@10").with_columns(fold=pl.lit(f))
-                       for f, c in curves.items()])
-    write_text_atomic(metrics_path(cfg, "alpha_curve"), curve.write_csv())
+    doc: dict[str, Any] = {"alpha_star": sel["alpha"]["chosen"],
+                           **{k: round(star[k], 6) for k in ("recall@10", "map@10", "ndcg@10", "coverage@10",
+                                                             "novelty@10")}}
+    if fold == "tune":
+        doc |= {"beta_star": sel["cold_start"]["beta"], "alpha_star_at_edge": sel["alpha"]["edge"] is not None}
+    if gates:
+        g1 = gates.get("gate1", {})
+        doc |= {"gate1": g1.get("verdict"), "gate1_lift": round(g1.get("recall@10", {}).get("lift", float("nan")), 6),
+                "gate2": gates.get("gate2", {}).get("verdict")}
+    write_text_atomic(metrics_path(cfg, "metrics", fold), dump_json(doc))
+    curve = _curve(table).select("alpha", "recall@10", "ndcg@10", "map@10", "coverage@10")
+    write_text_atomic(metrics_path(cfg, "curve", fold), curve.write_csv())
 
 
 def _track(cfg: Config, result: FoldResult, table: pl.DataFrame, slices: pl.DataFrame, gates: dict[str, Any] | None,
@@ -174,9 +176,12 @@ def _track(cfg: Config, result: FoldResult, table: pl.DataFrame, slices: pl.Data
         for row in sl.iter_rows(named=True):
             metrics |= {f"{row['slice']}.{m}": row[m] for m in ("recall@10", "map@10", "ndcg@10")}
             metrics[f"{row['slice']}.users"] = row["users"]
-        if interval_table is not None and interval_table.height:
-            for row in interval_table.filter(pl.col("run") == r.name).iter_rows(named=True):
-                metrics |= {f"vs_alpha_star.{row['metric']}.{k}": row[k] for k in ("diff", "diff_lo", "diff_hi")}
+        if interval_table is not None and interval_table.height and r.kind != COLD:
+            rows = interval_table.filter(pl.col("run") == r.name)
+            for m in interval_table["metric"].unique(maintain_order=True):
+                row = rows.filter(pl.col("metric") == m)
+                for k in ("diff", "diff_lo", "diff_hi"):  # alpha* against itself: 0
+                    metrics[f"vs_alpha_star.{m}.{k}"] = row[k][0] if row.height else 0.0
         label = r.name.replace("alpha=", "α=")
         children.append(tracking.RunRecord(
             name=f"{ds.name} · {label} · {heldout}", start_ms=start, end_ms=end,
@@ -254,7 +259,8 @@ def compare_sweep(cfg: Config, sweep_dir: Path) -> pl.DataFrame:
     best = choose([(r.name, r.summary, r.complete) for r in compared if r.kind == ALPHA])
     for r in compared:
         r.chosen = "best (this sweep)" if r.name == best else "" if r.complete else "partial: never chosen"
-    table = runs_table(compared, sum(data.skipped.values())).with_columns(users_compared=pl.lit(len(users)))
+    table = runs_table(compared, sum(data.skipped.values()), with_time=True).with_columns(
+        users_compared=pl.lit(len(users)))
     table.write_csv(sweep_dir / "comparison.csv")
     (sweep_dir / "comparison.md").write_text(to_markdown(table) + "\n")
     best_alpha = next((r.alpha for r in compared if r.name == best), None)

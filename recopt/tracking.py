@@ -113,7 +113,7 @@ def _fail_stale(client: Any, exp_id: str) -> None:
 
 
 def _log_one(client: Any, exp_id: str, rec: RunRecord, dataset: DatasetInfo | None, tags: dict[str, str]) -> str:
-    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 
     run = client.create_run(exp_id, start_time=rec.start_ms, run_name=rec.name, tags={**tags, **rec.tags})
     run_id = run.info.run_id

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -102,6 +103,9 @@ def run(main: Callable[[Config, Invocation], Any], *, hydra_overrides: tuple[str
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
+
+    if not OmegaConf.has_resolver("unique"):  # two sweeps started in the same second get their own folders
+        OmegaConf.register_new_resolver("unique", lambda: uuid.uuid4().hex[:6], use_cache=True)
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _hydra_main(dcfg: DictConfig) -> Any:

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from recopt.config import Config, load_config
 from recopt.errors import RecoptError
-from recopt.gates import enforce
 from recopt.sweep import compare_sweep, evaluate_fold, evaluate_job
 from stages._entry import Invocation, guarded, run
 

@@ -1,21 +1,28 @@
-"""Tests for recopt.candidates: a hand-built world of 24 items and 4 users whose pools
-are checked against brute-force numpy answers (CF seeds, content neighbours, profile
-retrieval), the priority cap, hard/soft filters with relaxation and backfill,
-determinism and batch-size invariance."""
+"""Tests for recopt.candidates and the seen-item helpers of recopt.keys: a hand-built world
+of 24 items and 4 users whose pools are checked against brute-force numpy answers (CF
+seeds, content neighbours, profile retrieval, the popular source of users without a CF
+factor, the full priority order), the priority cap, hard/soft filters with relaxation and
+backfill, determinism, batch-size invariance and pickling; the per-batch seen bitset
+against Python sets."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import pickle
 
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recopt.assembly import HybridInputs
-from recopt.candidates import (SOURCE_BACKFILL, SOURCE_CF, SOURCE_CONTENT, SOURCE_PROFILE, Batch, build_batch,
-                               build_context)
+from recopt.candidates import (SOURCE_BACKFILL, SOURCE_CF, SOURCE_CONTENT, SOURCE_POPULAR, SOURCE_PROFILE, Batch,
+                               Context, build_batch, build_context, search_ip, user_profiles)
 from recopt.config import CandidatesConfig, Filters
+from recopt.errors import RecoptError
+from recopt.keys import first_unseen, is_seen, packing, seen_bitset
 
 THRESHOLD = 4.0
 N_ITEMS, N_USERS = 24, 4
@@ -82,18 +89,23 @@ def make_frames(inputs: HybridInputs, train_rows=TRAIN) -> dict[str, pl.DataFram
 def make_cfg(**overrides) -> CandidatesConfig:
     filters = Filters(genres=overrides.pop("genres", []), providers=[], user_providers=False,
                       blocklist=overrides.pop("blocklist", []))
-    base = dict(n_cf_seed=4, m_recent=1, k_neighbours=3, c_max=100, min_pool=0, batch_users=2,
+    base = dict(n_cf_seed=4, m_recent=1, k_neighbours=3, c_max=100, min_pool=0, n_popular_cold=0, batch_users=2,
                 quality_prior=5.0, filters=filters, relax_order=["providers", "genres"])
     return CandidatesConfig(**{**base, **overrides})
 
 
-def run(cfg: CandidatesConfig, users=range(N_USERS), inputs: HybridInputs | None = None,
-        train_rows=TRAIN) -> Batch:
+def make_context(cfg: CandidatesConfig, inputs: HybridInputs | None = None, train_rows=TRAIN,
+                 eval_users=range(N_USERS)) -> Context:
     inputs = inputs or make_inputs()
     f = make_frames(inputs, train_rows)
-    ctx = build_context(inputs, f["train"], f["movies"], f["providers"], f["user_providers"],
-                        np.arange(N_USERS, dtype=np.int64), cfg, THRESHOLD)
-    return build_batch(ctx, cfg, np.asarray(list(users), dtype=np.int64))
+    return build_context(inputs, f["train"], f["movies"], f["providers"], f["user_providers"],
+                         np.asarray(list(eval_users), dtype=np.int64), cfg, THRESHOLD)
+
+
+def run(cfg: CandidatesConfig, users=range(N_USERS), inputs: HybridInputs | None = None,
+        train_rows=TRAIN) -> Batch:
+    ctx = make_context(cfg, inputs, train_rows)
+    return build_batch(ctx, np.asarray(list(users), dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- brute-force references
@@ -109,9 +121,9 @@ def latest_liked(user: int, train_rows=TRAIN) -> int:
     return max(rows)[1]
 
 
-def profile(inputs: HybridInputs, user: int) -> np.ndarray:
-    liked = [(i, r - THRESHOLD + 1.0) for u, i, r, _ in TRAIN if u == user and r >= THRESHOLD]
-    liked = liked or [(i, 1.0) for u, i, _, _ in TRAIN if u == user]
+def profile(inputs: HybridInputs, user: int, train_rows=TRAIN) -> np.ndarray:
+    liked = [(i, r - THRESHOLD + 1.0) for u, i, r, _ in train_rows if u == user and r >= THRESHOLD]
+    liked = liked or [(i, 1.0) for u, i, _, _ in train_rows if u == user]
     p = sum(w * inputs.embeddings[i].astype(np.float64) for i, w in liked)
     return p / np.linalg.norm(p)
 
@@ -147,6 +159,51 @@ def pool_of(b: Batch, user: int) -> np.ndarray:
 def flagged(b: Batch, user: int, flag: int) -> set[int]:
     m = (b.user == user) & ((b.source & flag) > 0)
     return set(b.item[m].tolist())
+
+
+def popular_unseen(inputs: HybridInputs, user: int, n: int, train_rows=TRAIN) -> list[int]:
+    """The n most-rated train items (ties: lower index) the user has not seen and could be
+    scored on (the hard rules: scorable by some component for this user, not blocklisted)."""
+    counts = np.bincount([i for _, i, _, _ in train_rows], minlength=N_ITEMS)
+    order = np.argsort(-counts, kind="stable").tolist()
+    seen = seen_of(user, train_rows)
+    return [i for i in order if i not in seen and scorable(inputs, user, i)][:n]
+
+
+def expected_pool(inputs: HybridInputs, user: int, cfg: CandidatesConfig,
+                  train_rows=TRAIN) -> tuple[list[int], list[int]]:
+    """A user's pool (items, source flags) with no soft filter, by the documented priority rule:
+    retrieval rank r for CF seeds / profile seeds / popular items, n_cf_seed + round((1 - sim)
+    * 1000) for content neighbours; the best priority and the union of flags per item; ties
+    by item index; seen and unscorable items dropped; capped at c_max."""
+    seen = seen_of(user, train_rows)
+    prio: dict[int, int] = {}
+    src: dict[int, int] = {}
+
+    def add(item: int, p: int, flag: int) -> None:
+        if item in seen:
+            return
+        prio[item] = min(prio.get(item, p), p)
+        src[item] = src.get(item, 0) | flag
+
+    if inputs.user_has_cf[user]:
+        for r, i in enumerate(cf_seeds_for(inputs, user, cfg.n_cf_seed, train_rows)):
+            add(i, r, SOURCE_CF)
+    else:
+        sims = inputs.embeddings.astype(np.float64) @ profile(inputs, user, train_rows)
+        allowed = inputs.has_content.copy()
+        allowed[list(seen)] = False
+        for r, i in enumerate(top_by(sims, allowed, cfg.n_cf_seed)):
+            add(i, r, SOURCE_PROFILE)
+        for r, i in enumerate(popular_unseen(inputs, user, cfg.n_popular_cold, train_rows)):
+            add(i, r, SOURCE_POPULAR)
+    a = latest_liked(user, train_rows)
+    if inputs.has_content[a]:
+        for i in neighbours(inputs, a, cfg.k_neighbours):
+            sim = float(inputs.embeddings[i].astype(np.float64) @ inputs.embeddings[a])
+            add(i, cfg.n_cf_seed + round((1.0 - sim) * 1000), SOURCE_CONTENT)
+    items = sorted((i for i in prio if scorable(inputs, user, i)), key=lambda i: (prio[i], i))[: cfg.c_max]
+    return items, [src[i] for i in items]
 
 
 # --------------------------------------------------------------------------- sources
@@ -209,6 +266,62 @@ def test_component_scores_are_dot_products_and_cosines_with_nan_when_missing():
         np.testing.assert_allclose(b.content[m], content, rtol=1e-5, atol=1e-6)
     assert (b.provider == 0).all()  # no provider data
     assert b.collab.dtype == b.content.dtype == np.float32
+
+
+@pytest.mark.parametrize("cfg", [make_cfg(), make_cfg(n_popular_cold=3), make_cfg(n_popular_cold=6, c_max=7),
+                                 make_cfg(n_cf_seed=2, k_neighbours=6, n_popular_cold=4),
+                                 make_cfg(n_cf_seed=6, k_neighbours=2, n_popular_cold=12, c_max=9)])
+def test_every_pool_is_the_brute_force_priority_order(cfg):
+    inputs = make_inputs()
+    b = run(cfg, inputs=inputs)
+    for user in range(N_USERS):
+        items, flags = expected_pool(inputs, user, cfg)
+        assert pool_of(b, user).tolist() == items, user
+        assert b.source[b.user == user].tolist() == flags, user
+
+
+# --------------------------------------------------------------------------- popular source (cold users)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 12])
+def test_user_without_cf_factor_gets_the_n_most_popular_unseen_items_flagged_popular(n):
+    inputs = make_inputs()
+    b = run(make_cfg(n_popular_cold=n), inputs=inputs)
+    expect = popular_unseen(inputs, COLD_USER, n)
+    assert len(expect) == n
+    assert flagged(b, COLD_USER, SOURCE_POPULAR) == set(expect)
+    assert set(expect) <= set(pool_of(b, COLD_USER).tolist())
+    # only users without a CF factor get the popular source
+    assert not ((b.source & SOURCE_POPULAR) > 0)[b.user != COLD_USER].any()
+    # popular items are scored by content for that user (it has no collab)
+    m = (b.user == COLD_USER) & ((b.source & SOURCE_POPULAR) > 0)
+    assert np.isnan(b.collab[m]).all() and not np.isnan(b.content[m]).any()
+
+
+def test_n_popular_cold_zero_adds_no_popular_item_and_changes_nothing_for_warm_users():
+    inputs = make_inputs()
+    none = run(make_cfg(n_popular_cold=0), inputs=inputs)
+    some = run(make_cfg(n_popular_cold=8), inputs=inputs)
+    assert not ((none.source & SOURCE_POPULAR) > 0).any()
+    for user in (0, 1, 2):
+        np.testing.assert_array_equal(pool_of(none, user), pool_of(some, user))
+    # the cold user's pool grows by exactly the popular items it did not already have
+    added = set(pool_of(some, COLD_USER).tolist()) - set(pool_of(none, COLD_USER).tolist())
+    assert added == set(popular_unseen(inputs, COLD_USER, 8)) - set(pool_of(none, COLD_USER).tolist())
+    assert added
+
+
+def test_popular_source_counts_only_items_the_cold_user_can_be_scored_on():
+    # the CF-only item becomes the most popular item; a user without a CF factor can never be
+    # scored on it, so it must not use up one of the n popular slots
+    rows = TRAIN + [(0, NO_CONTENT_CF, 1.0, 0), (1, NO_CONTENT_CF, 1.0, 0), (2, NO_CONTENT_CF, 1.0, 0)]
+    inputs = make_inputs()
+    n = 3
+    b = run(make_cfg(n_popular_cold=n), inputs=inputs, train_rows=rows)
+    assert NO_CONTENT_CF not in pool_of(b, COLD_USER)
+    expect = popular_unseen(inputs, COLD_USER, n, rows)
+    assert NO_CONTENT_CF not in expect and len(expect) == n
+    assert flagged(b, COLD_USER, SOURCE_POPULAR) == set(expect)
 
 
 # --------------------------------------------------------------------------- exclusions
@@ -348,30 +461,123 @@ def _assert_batches_equal(a: Batch, b: Batch) -> None:
         np.testing.assert_array_equal(getattr(a, f.name), getattr(b, f.name), err_msg=f.name)
 
 
-@pytest.mark.parametrize("cfg", [make_cfg(), make_cfg(genres=["Nope"], min_pool=12, relax_order=["genres"])])
+@pytest.mark.parametrize("cfg", [make_cfg(), make_cfg(n_popular_cold=6),
+                                 make_cfg(genres=["Nope"], min_pool=12, relax_order=["genres"])])
 def test_build_batch_is_deterministic(cfg):
     _assert_batches_equal(run(cfg), run(cfg))
 
 
-@pytest.mark.parametrize("cfg", [make_cfg(), make_cfg(c_max=5),
+@pytest.mark.parametrize("cfg", [make_cfg(), make_cfg(c_max=5), make_cfg(n_popular_cold=6),
                                  make_cfg(genres=["Nope"], min_pool=12, relax_order=["genres"])])
 @pytest.mark.parametrize("split", [1, 2, 3])
 def test_batch_size_does_not_change_results(cfg, split):
-    inputs = make_inputs()
-    f = make_frames(inputs)
-    ctx = build_context(inputs, f["train"], f["movies"], f["providers"], f["user_providers"],
-                        np.arange(N_USERS, dtype=np.int64), cfg, THRESHOLD)
+    ctx = make_context(cfg)
     users = np.arange(N_USERS, dtype=np.int64)
-    whole = build_batch(ctx, cfg, users)
-    halves = [build_batch(ctx, cfg, users[:split]), build_batch(ctx, cfg, users[split:])]
+    whole = build_batch(ctx, users)
+    halves = [build_batch(ctx, users[:split]), build_batch(ctx, users[split:])]
     joined = Batch(**{fl.name: np.concatenate([getattr(h, fl.name) for h in halves])
                       for fl in dataclasses.fields(Batch)})
     _assert_batches_equal(whole, joined)
 
 
-def test_the_test_split_is_not_an_input():
-    context_params = set(inspect.signature(build_context).parameters)
-    assert context_params == {"inputs", "train", "movies", "providers", "user_providers", "eval_users",
-                               "cfg", "threshold"}
-    assert set(inspect.signature(build_batch).parameters) == {"ctx", "cfg", "users"}
-    assert not any("test" in name for name in context_params)
+
+
+def test_a_context_survives_pickling_and_gives_the_same_pools():
+    # every batch reads only the context's plain arrays, so a Ray worker gets the same pools
+    cfg = make_cfg(n_popular_cold=5, genres=["Comedy"], min_pool=6, relax_order=["genres"])
+    ctx = make_context(cfg)
+    users = np.arange(N_USERS, dtype=np.int64)
+    _assert_batches_equal(build_batch(pickle.loads(pickle.dumps(ctx)), users), build_batch(ctx, users))
+
+
+@pytest.mark.parametrize("evaluated", [[0, 3], [3], [1, 2, 3]])
+def test_a_users_pool_does_not_depend_on_which_other_users_are_evaluated(evaluated):
+    # eval_users (the users with held-out interactions) is the only input derived from the
+    # held-out split: it may only decide whose pools are built, never what is in them
+    cfg = make_cfg(n_popular_cold=4, m_recent=2)
+    users = np.asarray(evaluated, dtype=np.int64)
+    everyone = build_batch(make_context(cfg), users)
+    only = build_batch(make_context(cfg, eval_users=evaluated), users)
+    _assert_batches_equal(everyone, only)
+
+
+# --------------------------------------------------------------------------- search and profiles
+
+
+def test_search_ip_is_the_exact_top_k_by_inner_product():
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(30, 6)).astype(np.float32)
+    queries = rng.normal(size=(4, 6)).astype(np.float32)
+    scores, rows = search_ip(queries, base, 7)
+    full = queries.astype(np.float64) @ base.T.astype(np.float64)
+    np.testing.assert_array_equal(rows, np.argsort(-full, axis=1, kind="stable")[:, :7])
+    np.testing.assert_allclose(scores, np.take_along_axis(full, rows, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_user_profiles_are_the_unit_weighted_mean_of_liked_embeddings():
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(6, 3)).astype(np.float32)
+    emb[5] = 0.0  # an item without content
+    liked = sp.csr_matrix(np.array([[2.0, 0, 1.0, 0, 0, 0],
+                                    [0, 0, 0, 0, 0, 3.0],     # likes only a content-less item
+                                    [0, 1.0, 0, 0, 1.5, 0]], dtype=np.float32))
+    profiles, has = user_profiles(liked, emb, np.array([2, 0, 1]))
+    np.testing.assert_array_equal(has, [True, True, False])
+    for row, w in zip(profiles[:2], ([0, 1.0, 0, 0, 1.5, 0], [2.0, 0, 1.0, 0, 0, 0])):
+        p = np.asarray(w) @ emb.astype(np.float64)
+        np.testing.assert_allclose(row, p / np.linalg.norm(p), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(profiles[2], 0.0)
+
+
+# --------------------------------------------------------------------------- the seen bitset (recopt.keys)
+
+
+@st.composite
+def seen_matrices(draw):
+    n_rows = draw(st.integers(1, 6))
+    n_items = draw(st.integers(1, 37))  # not always a multiple of 8
+    cells = draw(st.lists(st.tuples(st.integers(0, n_rows - 1), st.integers(0, n_items - 1)), max_size=60))
+    dense = np.zeros((n_rows, n_items), dtype=np.float32)
+    for r, i in cells:
+        dense[r, i] = 1.0
+    return sp.csr_matrix(dense), {(r, i) for r, i in cells}
+
+
+@settings(max_examples=150, deadline=None)
+@given(seen_matrices())
+def test_seen_bitset_agrees_with_a_set_of_pairs(case):
+    m, pairs = case
+    bits = seen_bitset(m)
+    assert bits.shape == (m.shape[0], (m.shape[1] + 7) // 8) and bits.dtype == np.uint8
+    rows, items = np.meshgrid(np.arange(m.shape[0]), np.arange(m.shape[1]), indexing="ij")
+    got = is_seen(bits, rows.ravel(), items.ravel())
+    want = np.array([(int(r), int(i)) in pairs for r, i in zip(rows.ravel(), items.ravel())])
+    np.testing.assert_array_equal(got, want)
+    assert int(np.unpackbits(bits).sum()) == len(pairs)  # no stray bit outside the stored pairs
+
+
+@settings(max_examples=150, deadline=None)
+@given(seen_matrices(), st.integers(1, 8), st.data())
+def test_first_unseen_keeps_the_first_n_valid_unseen_candidates_in_order(case, n, data):
+    m, pairs = case
+    n_rows, n_items = m.shape
+    width = data.draw(st.integers(1, 12))
+    cand = np.array([data.draw(st.permutations(list(range(-1, n_items))))[:width] for _ in range(n_rows)],
+                    dtype=np.int64).reshape(n_rows, -1)
+    rows = np.arange(n_rows, dtype=np.int64)
+    items, cols = first_unseen(rows, cand, seen_bitset(m), n)
+    assert items.shape == cols.shape == (n_rows, min(n, cand.shape[1]))
+    for r in range(n_rows):
+        keep = [(c, j) for j, c in enumerate(cand[r].tolist()) if c >= 0 and (r, c) not in pairs][:n]
+        pad = items.shape[1] - len(keep)
+        assert items[r].tolist() == [c for c, _ in keep] + [-1] * pad
+        assert cols[r].tolist() == [j for _, j in keep] + [-1] * pad
+
+
+def test_sort_keys_that_do_not_fit_63_bits_name_the_setting_to_lower():
+    with pytest.raises((ValueError, RecoptError), match=r"need 65 bits, more than 63; use a smaller "
+                                                        r"candidates.batch_users"):
+        packing(2**33, 2**32)
+    layout = packing(2**31, 2**32)  # 63 bits fit
+    key = layout.pack(np.array([2**31 - 1]), np.array([5]))
+    assert layout.field(key, 0)[0] == 2**31 - 1 and layout.field(key, 1)[0] == 5

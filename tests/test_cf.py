@@ -1,8 +1,10 @@
-"""Tests for recopt.cf: the training matrix, the checkerboard known answer, masks, determinism, precomputed factors."""
+"""Tests for recopt.cf: the training matrix, the checkerboard known answer, masks per fold, determinism,
+precomputed factors."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -12,6 +14,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
+from recopt.artifacts import ArtifactError, Stored, open_artifact
 from recopt.cf import CONFIDENCE, als_factors, fit_als, run_cf_load, training_matrix
 from recopt.config import CFConfig, Config
 from recopt.schemas import DataError
@@ -26,6 +29,19 @@ def make_cfg(root: Path, *overrides: str, inputs: Path | None = None) -> Config:
 
 def tiny_inputs(cfg: Config) -> Path:
     return Path(cfg.paths.ingest).parent
+
+
+def factors(cfg: Config, fold: str = "test") -> Stored:
+    """The verified cf-load artifact of `fold`."""
+    return open_artifact(cfg.paths, "cf_load", fold, reader="test")
+
+
+def fold_split(cfg: Config, fold: str = "test") -> Stored:
+    return open_artifact(cfg.paths, "split", fold, reader="test")
+
+
+def catalog_ids(cfg: Config) -> np.ndarray:
+    return open_artifact(cfg.paths, "ingest", reader="test").parquet("movies")["movieId"].to_numpy()
 
 
 def cf_config(**changes: object) -> CFConfig:
@@ -115,40 +131,58 @@ def test_train_ids_outside_the_indexes_are_an_error(tmp_path: Path):
 
 # --- the stage on the tiny preset -----------------------------------------------------------------
 
-def test_run_cf_load_masks_cold_users_and_cold_items(tiny: Config):
-    manifest = run_cf_load(tiny)
-    out = Path(tiny.paths.cf_load)
-    arrays = {n: np.load(out / f"{n}.npy") for n in ("user_factors", "item_factors", "user_has_cf",
-                                                     "item_has_cf", "user_ids", "item_ids")}
-    users = pl.read_parquet(Path(tiny.paths.split) / "users.parquet")
-    catalog = pl.read_parquet(Path(tiny.paths.ingest) / "movies.parquet")["movieId"].to_numpy()
+@pytest.mark.parametrize("fold", ["tune", "test"])
+def test_run_cf_load_masks_the_folds_cold_users_and_cold_items(tiny: Config, fold: str):
+    summary = run_cf_load(tiny, fold)
+    art = factors(tiny, fold)
+    arrays = {n: art.npy(n) for n in ("user_factors", "item_factors", "user_has_cf", "item_has_cf",
+                                      "user_ids", "item_ids")}
+    split = fold_split(tiny, fold)
+    users = split.parquet("users")
+    catalog = catalog_ids(tiny)
     np.testing.assert_array_equal(arrays["user_ids"], users["userId"].to_numpy())
     np.testing.assert_array_equal(arrays["item_ids"], catalog)
     assert arrays["user_ids"].dtype == arrays["item_ids"].dtype == np.int32
     uf, vf, u_ok, i_ok = (arrays[n] for n in ("user_factors", "item_factors", "user_has_cf", "item_has_cf"))
     assert uf.shape == (users.height, 20) and vf.shape == (len(catalog), 20) and uf.dtype == np.float32
-    cold = (users["slice"] == "cold").to_numpy()
+    cold = (users["slice"] == "cold").to_numpy()        # this fold's cold users, not the other fold's
     assert cold.any() and not u_ok[cold].any() and u_ok[~cold].all()
     assert not uf[~u_ok].any() and not vf[~i_ok].any() and np.abs(vf[i_ok]).sum(axis=1).min() > 0
-    # an item has a factor iff it has >= min_item_ratings train ratings from non-cold users
-    train = pl.read_parquet(Path(tiny.paths.split) / "train.parquet")
+    # an item has a factor iff it has >= min_item_ratings ratings in this fold's train from non-cold users
+    train = split.parquet("train")
     warm_ids = users.filter(pl.col("slice") != "cold")["userId"].implode()
     n_ratings = train.filter(pl.col("userId").is_in(warm_ids)).group_by("movieId").len()
     expected = np.isin(catalog, n_ratings.filter(pl.col("len") >= tiny.cf_load.min_item_ratings)["movieId"])
     np.testing.assert_array_equal(i_ok, expected)
-    c = manifest["counts"]
+    c = summary["counts"]
+    assert summary == art.summary
     assert (c["users_with_factor"], c["items_with_factor"]) == (u_ok.sum(), i_ok.sum())
-    assert manifest["catalog_coverage"] == pytest.approx(i_ok.mean(), abs=1e-6)
-    assert manifest["confidence"] == CONFIDENCE and manifest["factors"] == 20
-    assert {"wall_s", "peak_rss_mb", "random_state"} <= manifest.keys()
+    assert c["train_ratings"] == train.height
+    assert summary["catalog_coverage"] == pytest.approx(i_ok.mean(), abs=1e-6)
+    assert summary["confidence"] == CONFIDENCE and summary["factors"] == 20 and "random_state" in summary
+    # trained on this fold's train: the held-out split is not an input; run facts live in paths.runs
+    assert not [k for k in art.manifest["inputs"] if "test.parquet" in k or "validation.parquet" in k]
+    assert not {"wall_s", "peak_rss_mb"} & summary.keys()
+    facts = json.loads((Path(tiny.paths.runs) / f"cf_load@{fold}.json").read_text())
+    assert facts["stage"] == f"cf_load@{fold}" and "als" in facts["steps_s"]
+
+
+def test_the_folds_mask_different_cold_users(tiny: Config):
+    masks = {}
+    for fold in ("tune", "test"):
+        run_cf_load(tiny, fold)
+        users = fold_split(tiny, fold).parquet("users")
+        masks[fold] = set(users.filter(~pl.Series(factors(tiny, fold).npy("user_has_cf")))["userId"].to_list())
+    test_cold = set(fold_split(tiny, "test").parquet("users").filter(pl.col("slice") == "cold")["userId"].to_list())
+    assert masks["test"] == test_cold and masks["tune"] and not masks["tune"] & masks["test"]
 
 
 def test_same_seed_same_factors_other_seed_other_factors(tiny: Config, tmp_path: Path):
     runs = {}
     for name, seed in (("a", 42), ("b", 42), ("c", 7)):
         cfg = make_cfg(tmp_path / name, f"seed={seed}", inputs=tiny_inputs(tiny))
-        run_cf_load(cfg)
-        runs[name] = np.load(Path(cfg.paths.cf_load) / "item_factors.npy")
+        run_cf_load(cfg, "test")
+        runs[name] = factors(cfg).npy("item_factors")
     np.testing.assert_array_equal(runs["a"], runs["b"])
     assert not np.array_equal(runs["a"], runs["c"])
 
@@ -168,15 +202,13 @@ def write_factors(root: Path, user_ids: np.ndarray, item_ids: np.ndarray, f: int
 
 
 def test_precomputed_factors_are_aligned_masked_and_counted(tiny: Config, tmp_path: Path):
-    users = pl.read_parquet(Path(tiny.paths.split) / "users.parquet")["userId"].to_numpy()
-    catalog = pl.read_parquet(Path(tiny.paths.ingest) / "movies.parquet")["movieId"].to_numpy()
+    users = fold_split(tiny).parquet("users")["userId"].to_numpy()
+    catalog = catalog_ids(tiny)
     user_ids = np.concatenate([users[::-1][:50], [10**8]])                     # shuffled, one unknown
     item_ids = np.concatenate([np.random.default_rng(1).permutation(catalog)[:200], [10**8, 10**8 + 1]])
     cfg = make_cfg(tmp_path, *write_factors(tmp_path, user_ids, item_ids), inputs=tiny_inputs(tiny))
-    manifest = run_cf_load(cfg)
-    out = Path(cfg.paths.cf_load)
-    uf, u_ok = np.load(out / "user_factors.npy"), np.load(out / "user_has_cf.npy")
-    vf, i_ok = np.load(out / "item_factors.npy"), np.load(out / "item_has_cf.npy")
+    manifest = run_cf_load(cfg, "test")
+    uf, u_ok, vf, i_ok = (factors(cfg).npy(n) for n in ("user_factors", "user_has_cf", "item_factors", "item_has_cf"))
     assert u_ok.sum() == 50 and i_ok.sum() == 200 and not uf[~u_ok].any() and not vf[~i_ok].any()
     np.testing.assert_allclose(vf[np.searchsorted(catalog, item_ids[0])], np.load(tmp_path / "V.npy")[0], rtol=1e-6)
     np.testing.assert_allclose(uf[np.searchsorted(users, user_ids[3])], np.load(tmp_path / "U.npy")[3], rtol=1e-6)
@@ -190,8 +222,8 @@ def test_precomputed_factors_report_every_problem(tiny: Config, tmp_path: Path):
     V = np.load(tmp_path / "V.npy")
     V[1, 0] = np.nan
     np.save(tmp_path / "V.npy", V)
-    with pytest.raises(DataError) as err:
-        run_cf_load(make_cfg(tmp_path, *overrides, inputs=tiny_inputs(tiny)))
+    with pytest.raises(DataError, match=r"uid\.npy: 1 id\(s\) appear more than once") as err:
+        run_cf_load(make_cfg(tmp_path, *overrides, inputs=tiny_inputs(tiny)), "test")
     message = str(err.value)
     assert "uid.npy: 1 id(s) appear more than once, e.g. 2" in message
     assert "V.npy: 1 vector(s) contain NaN or Inf, e.g. id 2" in message
@@ -218,15 +250,18 @@ def test_precomputed_factor_errors(tiny: Config, tmp_path: Path, case: str, matc
     elif case == "unknown":
         np.save(tmp_path / "uid.npy", np.array([10**8, 10**8 + 1, 10**8 + 2]))
     with pytest.raises(DataError, match=match):
-        run_cf_load(make_cfg(tmp_path, *overrides, inputs=tiny_inputs(tiny)))
+        run_cf_load(make_cfg(tmp_path, *overrides, inputs=tiny_inputs(tiny)), "test")
+    assert not (tmp_path / "cf_load" / "test").exists()             # a failed stage writes nothing
 
 
-def test_stage_module_runs_from_the_command_line_style_entry(tiny: Config, tmp_path: Path):
+def test_stage_module_runs_only_the_fold_it_is_given(tiny: Config, tmp_path: Path):
     from stages import cf_load
     from stages._entry import Invocation
 
     shutil.copytree(tiny_inputs(tiny) / "split", tmp_path / "split")
     shutil.copytree(tiny_inputs(tiny) / "ingest", tmp_path / "ingest")
     cfg = make_cfg(tmp_path)
-    cf_load.main(cfg, Invocation(mode="params"))
-    assert (tmp_path / "cf_load" / "manifest.json").is_file()
+    cf_load.main(cfg, Invocation(mode="params", fold="tune"))
+    assert factors(cfg, "tune").summary["counts"]["n_users"] == fold_split(cfg, "tune").parquet("users").height
+    with pytest.raises(ArtifactError, match=r"cf_load@test .* does not exist — re-run `dvc repro cf-load@test`"):
+        factors(cfg, "test")

@@ -2,21 +2,60 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
-import yaml
 
 from recopt.config import ConfigError, load_config, read_params
 from stages._entry import compose
 from tests.conftest import ROOT
 
 
-def test_params_yaml_is_the_composition_of_conf() -> None:
-    composed = compose([])
-    on_disk = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert on_disk == composed, "params.yaml is stale: regenerate it with `python -m stages.compose`"
+def _float_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out += _float_keys(v, f"{prefix}{k}.")
+        elif isinstance(v, float):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+FLOAT_KEYS = [k for k in _float_keys(compose([])) if not k.startswith("data.presets")]
+
+
+def test_every_float_key_is_found() -> None:
+    assert {"alpha", "relevance_threshold", "rerank.w_quality", "split.test_frac"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_non_finite_values_are_rejected_naming_the_key(key: str, bad: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: must be a finite number, got -?(nan|inf)"):
+        load_config(compose([f"{key}={bad}"]))
+
+
+@pytest.mark.parametrize("override", ["evaluate.alphas=[0.35,0.5,0.35]", "evaluate.ks=[5,10,10]",
+                                      "evaluate.baselines=[random,random]", "evaluate.cold_betas=[0.5,0.5]"])
+def test_a_grid_listing_a_value_twice_is_rejected(override: str) -> None:
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}\[2\]|{re.escape(key)}\[1\]: .* is listed twice"):
+        load_config(compose([override]))
+
+
+def test_values_that_differ_only_after_two_decimals_are_distinct_runs() -> None:
+    cfg = load_config(compose(["evaluate.alphas=[0.12,0.125,0.35,0.351]"]))
+    assert cfg.evaluate.alphas == [0.12, 0.125, 0.35, 0.351]
+
+
+def test_compose_check_detects_a_stale_params_file(tmp_path) -> None:
+    assert subprocess.run([sys.executable, "-m", "stages.compose", "--check"], cwd=ROOT, capture_output=True,
+                          timeout=120).returncode == 0
+    proc = subprocess.run([sys.executable, "-m", "stages.compose", "--check", "alpha=0.77"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "regenerate it with `python -m stages.compose`" in proc.stderr
 
 
 def test_both_entry_paths_build_the_same_config() -> None:
@@ -74,3 +113,4 @@ def test_stage_cli_rejects_bad_override_with_the_key() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "split.test_frac: 2.0 must be <= 0.9" in proc.stderr
+    assert "Traceback" not in proc.stderr

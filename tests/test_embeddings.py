@@ -1,7 +1,8 @@
-"""Tests for recopt.embeddings: leakage rule, TF-IDF, MMR projection, precomputed vectors, the stage."""
+"""Tests for recopt.embeddings: leakage rule, TF-IDF, MMR projection, precomputed vectors, the stage (per fold)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -11,6 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from recopt import ingest as ingest_module
+from recopt.artifacts import Stored, manifest_digest, open_artifact
 from recopt.config import Config
 from recopt.embeddings import (content_terms, item_texts, minilm_embeddings, mmr_vectors, run_embed_load,
                                tfidf_embeddings, tfidf_matrix, train_period_tags)
@@ -19,9 +22,10 @@ from recopt.schemas import DataError
 from recopt.split import run_split
 from tests.conftest import needs_ml_small, tmp_config
 
-def make_cfg(root: Path, *overrides: str, ingest_dir: str | None = None) -> Config:
-    """A tiny-preset config whose outputs live under `root` (ingest read from `ingest_dir` if given)."""
-    return tmp_config(root, "data.preset=tiny", *([f"paths.ingest={ingest_dir}"] if ingest_dir else []), *overrides)
+def make_cfg(root: Path, *overrides: str, inputs: Config | None = None) -> Config:
+    """A tiny-preset config whose outputs live under `root` (ingest and split read from `inputs` if given)."""
+    read = [f"paths.ingest={inputs.paths.ingest}", f"paths.split={inputs.paths.split}"] if inputs else []
+    return tmp_config(root, "data.preset=tiny", *read, *overrides)
 
 
 def copy_inputs(cfg: Config, root: Path, *overrides: str) -> Config:
@@ -29,6 +33,11 @@ def copy_inputs(cfg: Config, root: Path, *overrides: str) -> Config:
     for stage in ("ingest", "split"):
         shutil.copytree(getattr(cfg.paths, stage), root / stage)
     return make_cfg(root, *overrides)
+
+
+def embedded(cfg: Config, fold: str = "test") -> Stored:
+    """The verified embed-load artifact of `fold`."""
+    return open_artifact(cfg.paths, "embed_load", fold, reader="test")
 
 
 def movies(titles: list[str], genres: list[list[str]]) -> pl.DataFrame:
@@ -59,27 +68,40 @@ def test_train_period_tags_without_test_keeps_every_tag_of_unknown_users():
     assert kept["tag"].to_list() == ["b"]
 
 
-def test_a_tag_in_the_test_period_changes_nothing(tiny: Config, tmp_path: Path):
-    base = run_embed_load(copy_inputs(tiny, tmp_path / "a"))
-    cfg = copy_inputs(tiny, tmp_path / "b")
-    train = pl.read_parquet(Path(cfg.paths.split) / "train.parquet")
-    last = train.filter(pl.col("userId") == train["userId"][0])["timestamp"].max()
-    first_test = pl.read_parquet(Path(cfg.paths.split) / "test.parquet")["timestamp"].min()
-    path = Path(cfg.paths.ingest) / "tags.parquet"
-    old = pl.read_parquet(path)
-    leaky = tags([(train["userId"][0], m, "leakyword", last + 1) for m in (1, 2, 3)]
-                 + [(999_999, m, "leakyword", first_test) for m in (1, 2, 3)])
-    pl.concat([old, leaky]).write_parquet(path)
-    after = run_embed_load(cfg)
+@pytest.mark.parametrize("fold", ["tune", "test"])
+def test_a_tag_after_the_folds_train_period_changes_nothing(tiny: Config, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, fold: str):
+    base = run_embed_load(copy_inputs(tiny, tmp_path / "a"), fold)
+    split = open_artifact(tiny.paths, "split", fold, reader="test")
+    train = split.parquet("train")
+    user = int(train["userId"][0])
+    last = train.filter(pl.col("userId") == user)["timestamp"].max()
+    first_heldout = split.parquet("heldout")["timestamp"].min()
+    leaky = tags([(user, m, "leakyword", last + 1) for m in (1, 2, 3)]
+                 + [(999_999, m, "leakyword", first_heldout) for m in (1, 2, 3)])
+    real_load = ingest_module.load_source
+
+    def with_tags(extra: pl.DataFrame):
+        def load(cfg: Config):
+            tables, info = real_load(cfg)
+            tables["tags"] = pl.concat([tables["tags"], extra.cast(tables["tags"].schema)])
+            return tables, info
+        return load
+
+    cfg = make_cfg(tmp_path / "b")
+    monkeypatch.setattr(ingest_module, "load_source", with_tags(leaky))
+    ingest(cfg)
+    run_split(cfg)
+    after = run_embed_load(cfg, fold)
+    a_root = tmp_path / "a" / "embed_load" / fold
     for name in ("embeddings", "mmr", "has_content"):
-        np.testing.assert_array_equal(np.load(tmp_path / "a" / "embed_load" / f"{name}.npy"),
-                                      np.load(Path(cfg.paths.embed_load) / f"{name}.npy"))
+        np.testing.assert_array_equal(np.load(a_root / f"{name}.npy"), embedded(cfg, fold).npy(name))
     assert after["counts"]["tags_after_train"] == base["counts"]["tags_after_train"] + 6
     # ...while the same tags inside the training period do change the features
-    pl.concat([old, leaky.with_columns(timestamp=pl.lit(0, pl.Int64))]).write_parquet(path)
-    run_embed_load(cfg)
-    assert not np.array_equal(np.load(tmp_path / "a" / "embed_load" / "embeddings.npy"),
-                              np.load(Path(cfg.paths.embed_load) / "embeddings.npy"))
+    monkeypatch.setattr(ingest_module, "load_source", with_tags(leaky.with_columns(timestamp=pl.lit(0, pl.Int64))))
+    ingest(cfg)
+    run_embed_load(cfg, fold)
+    assert not np.array_equal(np.load(a_root / "embeddings.npy"), embedded(cfg, fold).npy("embeddings"))
 
 
 # --- TF-IDF ---------------------------------------------------------------------------------------
@@ -178,59 +200,72 @@ def test_minilm_embeddings_on_the_shipped_model():
 
 def test_minilm_stage_on_a_small_catalog(tiny: Config, tmp_path: Path):
     require_minilm()
-    cfg = tmp_config(tmp_path, "data.preset=tiny", "embed_load.encoder=minilm", "embed_load.batch_size=64",
-                     f"paths.ingest={tiny.paths.ingest}", f"paths.split={tiny.paths.split}")
-    manifest = run_embed_load(cfg)
-    emb = np.load(Path(cfg.paths.embed_load) / "embeddings.npy")
-    assert manifest["encoder"] == "minilm" and emb.shape == (600, 384)
+    cfg = make_cfg(tmp_path, "embed_load.encoder=minilm", "embed_load.batch_size=64", inputs=tiny)
+    summary = run_embed_load(cfg, "test")
+    emb = embedded(cfg).npy("embeddings")
+    assert summary["encoder"] == "minilm" and emb.shape == (600, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
 
 
 # --- the stage on the tiny preset -----------------------------------------------------------------
 
-def test_run_embed_load_writes_aligned_normalised_artifacts(tiny: Config, tmp_path: Path):
-    manifest = run_embed_load(tiny)
-    out = Path(tiny.paths.embed_load)
-    emb, mmr, has = (np.load(out / f"{n}.npy") for n in ("embeddings", "mmr", "has_content"))
-    ids = np.load(out / "item_ids.npy")
-    catalog = pl.read_parquet(Path(tiny.paths.ingest) / "movies.parquet")["movieId"].to_numpy()
+@pytest.mark.parametrize("fold", ["tune", "test"])
+def test_run_embed_load_writes_aligned_normalised_artifacts(tiny: Config, tmp_path: Path, fold: str):
+    summary = run_embed_load(tiny, fold)
+    art = embedded(tiny, fold)
+    emb, mmr, has, ids = (art.npy(n) for n in ("embeddings", "mmr", "has_content", "item_ids"))
+    catalog = open_artifact(tiny.paths, "ingest", reader="test").parquet("movies")["movieId"].to_numpy()
     np.testing.assert_array_equal(ids, catalog)
     assert ids.dtype == np.int32 and emb.dtype == mmr.dtype == np.float32 and has.dtype == bool
-    assert emb.shape == (len(catalog), manifest["dim"]) and mmr.shape == (len(catalog), tiny.embed_load.mmr_dim)
+    assert emb.shape == (len(catalog), summary["dim"]) and mmr.shape == (len(catalog), tiny.embed_load.mmr_dim)
     np.testing.assert_allclose(np.linalg.norm(emb[has], axis=1), 1, atol=1e-5)
     assert np.linalg.norm(mmr[has], axis=1).max() <= 1 + 1e-5 and mmr[has].any(axis=1).all()
     assert not emb[~has].any()
-    assert manifest["shape"] == list(emb.shape) and manifest["dtype"] == "float32"
-    assert manifest["dim"] <= manifest["dim_requested"] and {"wall_s", "peak_rss_mb"} <= manifest.keys()
-    assert manifest["counts"]["items_with_content"] == has.sum()
-    # same seed, same embeddings
+    assert summary == art.summary and summary["shape"] == list(emb.shape) and summary["dtype"] == "float32"
+    assert summary["dim"] <= summary["dim_requested"]
+    assert summary["counts"]["items_with_content"] == has.sum()
+    # built from the catalog, the tags and this fold's split only -- the tune fold reads no test file
+    assert set(art.manifest["inputs"]) == {"ingest/movies.parquet", "ingest/tags.parquet",
+                                           f"split@{fold}/train.parquet",
+                                           f"split@{fold}/{'validation' if fold == 'tune' else 'test'}.parquet"}
+    # run facts go to paths.runs, never into the artifact
+    facts = json.loads((Path(tiny.paths.runs) / f"embed_load@{fold}.json").read_text())
+    assert facts["stage"] == f"embed_load@{fold}"
+    assert {"read", "tags", "tfidf", "mmr", "write"} <= facts["steps_s"].keys()
+    assert not {"wall_s", "peak_rss_mb"} & summary.keys()
+    # same seed, same artifact, byte for byte (manifest included)
     again = copy_inputs(tiny, tmp_path)
-    run_embed_load(again)
-    np.testing.assert_array_equal(np.load(Path(again.paths.embed_load) / "embeddings.npy"), emb)
+    run_embed_load(again, fold)
+    assert manifest_digest(Path(again.paths.embed_load) / fold) == manifest_digest(art.root)
+    np.testing.assert_array_equal(embedded(again, fold).npy("embeddings"), emb)
 
 
 # --- precomputed vectors --------------------------------------------------------------------------
 
+def catalog_ids(cfg: Config) -> np.ndarray:
+    return open_artifact(cfg.paths, "ingest", reader="test").parquet("movies")["movieId"].to_numpy()
+
+
 def test_precomputed_npy_with_text_ids_aligns_masks_and_counts(tiny: Config, tmp_path: Path):
-    catalog = pl.read_parquet(Path(tiny.paths.ingest) / "movies.parquet")["movieId"].to_numpy()
+    catalog = catalog_ids(tiny)
     ids = np.concatenate([catalog[::-2][:100], [10**7, 10**7 + 1]])        # reversed order, 2 unknown
     vectors = np.random.default_rng(1).normal(size=(len(ids), 16)) * 3
     np.save(tmp_path / "v.npy", vectors)
     (tmp_path / "ids.txt").write_text("movieId\n" + "\n".join(map(str, ids)) + "\n")
     cfg = make_cfg(tmp_path / "run", "embed_load.encoder=precomputed", f"embed_load.vectors={tmp_path / 'v.npy'}",
-                   f"embed_load.ids={tmp_path / 'ids.txt'}", "embed_load.mmr_dim=4", ingest_dir=tiny.paths.ingest)
-    manifest = run_embed_load(cfg)
-    out = Path(cfg.paths.embed_load)
-    emb, has, mmr = np.load(out / "embeddings.npy"), np.load(out / "has_content.npy"), np.load(out / "mmr.npy")
+                   f"embed_load.ids={tmp_path / 'ids.txt'}", "embed_load.mmr_dim=4", inputs=tiny)
+    manifest = run_embed_load(cfg, "test")
+    emb, has, mmr = (embedded(cfg).npy(n) for n in ("embeddings", "has_content", "mmr"))
     row = int(np.searchsorted(catalog, ids[0]))
     np.testing.assert_allclose(emb[row], vectors[0] / np.linalg.norm(vectors[0]), rtol=1e-5)
     assert has.sum() == 100 and not emb[~has].any() and mmr.shape == (len(catalog), 4)
     assert manifest["counts"]["vectors_not_in_catalog"] == 2
     assert manifest["counts"]["catalog_without_vector"] == len(catalog) - 100
+    assert "ingest/tags.parquet" not in embedded(cfg).manifest["inputs"]   # precomputed: no tag is read
 
 
 def test_precomputed_parquet_and_npy_ids(tiny: Config, tmp_path: Path):
-    catalog = pl.read_parquet(Path(tiny.paths.ingest) / "movies.parquet")["movieId"].to_numpy()
+    catalog = catalog_ids(tiny)
     vecs = np.random.default_rng(2).normal(size=(len(catalog), 8)).astype(np.float32)
     pl.DataFrame({"movieId": catalog, "vec": vecs}).write_parquet(tmp_path / "v.parquet")   # Array column
     np.save(tmp_path / "v.npy", vecs)
@@ -238,16 +273,16 @@ def test_precomputed_parquet_and_npy_ids(tiny: Config, tmp_path: Path):
     out = []
     for n, extra in enumerate([[f"embed_load.vectors={tmp_path / 'v.parquet'}"],
                                [f"embed_load.vectors={tmp_path / 'v.npy'}", f"embed_load.ids={tmp_path / 'ids.npy'}"]]):
-        cfg = make_cfg(tmp_path / str(n), "embed_load.encoder=precomputed", *extra, ingest_dir=tiny.paths.ingest)
-        assert run_embed_load(cfg)["counts"]["catalog_without_vector"] == 0
-        out.append(np.load(Path(cfg.paths.embed_load) / "embeddings.npy"))
+        cfg = make_cfg(tmp_path / str(n), "embed_load.encoder=precomputed", *extra, inputs=tiny)
+        assert run_embed_load(cfg, "test")["counts"]["catalog_without_vector"] == 0
+        out.append(embedded(cfg).npy("embeddings"))
     np.testing.assert_allclose(out[0], out[1], rtol=1e-6)
 
 
 def run_precomputed(tiny: Config, root: Path, vectors: Path, ids: Path | None = None) -> None:
     extra = [f"embed_load.ids={ids}"] if ids else []
     run_embed_load(make_cfg(root / "run", "embed_load.encoder=precomputed", f"embed_load.vectors={vectors}",
-                            *extra, ingest_dir=tiny.paths.ingest))
+                            *extra, inputs=tiny), "test")
 
 
 def test_precomputed_reports_every_problem_at_once(tiny: Config, tmp_path: Path):
@@ -257,7 +292,7 @@ def test_precomputed_reports_every_problem_at_once(tiny: Config, tmp_path: Path)
     vectors[3] = 0.0
     np.save(tmp_path / "v.npy", vectors)
     np.save(tmp_path / "ids.npy", np.array([1, 2, 3, 4, 4]))
-    with pytest.raises(DataError) as err:
+    with pytest.raises(DataError, match=r"v\.npy: 2 vector\(s\) contain NaN or Inf") as err:
         run_precomputed(tiny, tmp_path, tmp_path / "v.npy", tmp_path / "ids.npy")
     message = str(err.value)
     assert len(err.value.problems) == 3
@@ -305,6 +340,7 @@ def test_precomputed_errors(tiny: Config, tmp_path: Path, case: str, match: str)
         np.save(ids, np.array([10**8, 10**8 + 1, 10**8 + 2]))
     with pytest.raises(DataError, match=match):
         run_precomputed(tiny, tmp_path, vectors, ids)
+    assert not (tmp_path / "run" / "embed_load" / "test").exists()     # a failed stage writes nothing
 
 
 # --- real data ------------------------------------------------------------------------------------
@@ -313,9 +349,8 @@ def test_tfidf_on_ml_latest_small_puts_sequels_next_to_each_other(tmp_path: Path
     cfg = tmp_config(tmp_path, "data=movielens", f"data.path={needs_ml_small()}")
     ingest(cfg)
     run_split(cfg)
-    manifest = run_embed_load(cfg)
-    out = Path(cfg.paths.embed_load)
-    emb, ids = np.load(out / "embeddings.npy"), np.load(out / "item_ids.npy")
+    manifest = run_embed_load(cfg, "test")
+    emb, ids = embedded(cfg).npy("embeddings"), embedded(cfg).npy("item_ids")
     assert manifest["counts"]["items_with_content"] > 0.99 * len(ids)
     toy_story, toy_story_2 = np.searchsorted(ids, [1, 3114])
     assert toy_story_2 in np.argsort(-(emb @ emb[toy_story]))[:5]

@@ -1,33 +1,25 @@
-"""Tests for recopt.evaluate and recopt.report: list checks, the popularity baseline,
-gate arithmetic on hand-built results, the markdown table, and evaluate_run on a
-real tiny pipeline (all users, alpha extremes, timeout, resume from checkpoints)."""
+"""The evaluation: list checks, one pass over every part, checkpoints and time limits, run identity,
+the selection rules, the tune fold's independence from test, and the written outputs."""
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-import scipy.sparse as sp
 
-from recopt.config import Config, load_config
-from recopt.evaluate import (EvalData, RunResult, RunSpec, check_lists, evaluate_run, load_eval_data,
-                             popularity_lists)
+from recopt.config import Config
+from recopt.errors import RecoptError
+from recopt.evaluate import EvalData, evaluate_parts, load_eval_data
+from recopt.methods import ALPHA, BASELINE, COLD, REFERENCE, Part, check_lists
+from recopt.report import to_markdown
 from recopt.rerank import Ranked
-from recopt.report import acceptance_gates, to_markdown
-from stages._entry import compose
-
-STAGE_PATHS = ("ingest", "split", "embed_load", "cf_load", "candidates", "evaluate", "downloads")
-
-
-def tiny_config(root: Path, *extra: str) -> Config:
-    raw = compose(["data.preset=tiny", *[f"paths.{k}={root}/{k}" for k in STAGE_PATHS],
-                   f"paths.mlflow_uri=sqlite:///{root}/mlruns/mlflow.db",
-                   f"paths.mlflow_artifacts={root}/mlruns/artifacts", "candidates.batch_users=64", *extra])
-    return load_config(raw)
+from recopt.runs import choose, edge, refine_points
+from recopt.study import run_tune
+from tests.conftest import build_folds, tmp_config
 
 
 def _ranked(items, scores=None) -> Ranked:
@@ -35,17 +27,6 @@ def _ranked(items, scores=None) -> Ranked:
     scores = np.full(items.shape, 0.5, np.float32) if scores is None else np.array(scores, dtype=np.float32)
     return Ranked(users=np.arange(len(items), dtype=np.int32), items=items, scores=scores,
                   positions=np.where(items >= 0, 0, -1).astype(np.int64))
-
-
-def _eval_data(users: pl.DataFrame | None = None, popularity=(1,), seen=None) -> EvalData:
-    pop = np.array(popularity, dtype=np.int64)
-    n_items = len(pop)
-    users = users if users is not None else pl.DataFrame({"user": [0], "slice": ["warm"]})
-    seen = seen if seen is not None else sp.csr_matrix((len(users), n_items), dtype=np.float32)
-    return EvalData(users=users, items=pl.DataFrame({"movieId": np.arange(n_items) + 1, "popularity": pop}),
-                    relevant=sp.csr_matrix(seen.shape, dtype=np.float32), seen=seen,
-                    mmr_vectors=np.zeros((n_items, 2), np.float32), embeddings=np.zeros((n_items, 2), np.float32),
-                    popularity_share=pop / max(pop.sum(), 1), n_batches=1, skipped={}, fingerprint="test")
 
 
 # --------------------------------------------------------------------------- check_lists
@@ -56,8 +37,8 @@ def test_check_lists_accepts_valid_lists_with_trailing_padding():
 
 
 def test_check_lists_rejects_duplicates():
-    with pytest.raises(RuntimeError, match=r"^alpha=0\.50: invalid ranked lists: duplicate items in a list$"):
-        check_lists(_ranked([[1, 2, 3], [4, 2, 4]]), "alpha=0.50")
+    with pytest.raises(RuntimeError, match=r"^alpha=0\.5: invalid ranked lists: duplicate items in a list$"):
+        check_lists(_ranked([[1, 2, 3], [4, 2, 4]]), "alpha=0.5")
 
 
 def test_check_lists_rejects_non_contiguous_ranks():
@@ -71,327 +52,237 @@ def test_check_lists_rejects_scores_outside_unit_interval(bad):
         check_lists(_ranked([[1, 2]], [[0.5, bad]]), "alpha=0.35")
 
 
-def test_check_lists_reports_every_problem_at_once():
-    with pytest.raises(RuntimeError, match=r"scores outside .*; ranks are not contiguous .*; duplicate items"):
-        check_lists(_ranked([[1, -1, 1]], [[2.0, 0.0, 0.5]]), "x")
-
-
-# --------------------------------------------------------------------------- popularity_lists
-
-
-def test_popularity_lists_rank_unseen_items_by_train_count():
-    #                      item: 0  1  2  3  4
-    popularity = np.array([5, 9, 1, 9, 0])
-    seen = sp.csr_matrix(np.array([[0, 1, 0, 0, 0],      # user 0 saw the most popular item
-                                   [0, 0, 0, 0, 0],      # user 1 saw nothing
-                                   [1, 1, 1, 1, 0]],     # user 2 saw all but item 4
-                                  dtype=np.float32))
-    data = _eval_data(pl.DataFrame({"user": [0, 1, 2], "slice": ["warm"] * 3}), popularity, seen)
-    r = popularity_lists(data, np.array([0, 1, 2]), 3)
-    np.testing.assert_array_equal(r.items, [[3, 0, 2], [1, 3, 0], [4, -1, -1]])
-    np.testing.assert_allclose(r.scores, [[1.0, 5 / 9, 1 / 9], [1.0, 1.0, 5 / 9], [0.0, 0.0, 0.0]], rtol=1e-6)
-    np.testing.assert_array_equal(r.users, [0, 1, 2])
-    np.testing.assert_array_equal(r.positions[2], [0, -1, -1])
-    check_lists(r, "baseline=popularity")
-
-
-def test_popularity_lists_subset_of_users_uses_their_own_history():
-    seen = sp.csr_matrix(np.array([[1, 0, 0], [0, 0, 1]], dtype=np.float32))
-    data = _eval_data(pl.DataFrame({"user": [0, 1], "slice": ["warm"] * 2}), [3, 2, 1], seen)
-    r = popularity_lists(data, np.array([1]), 2)
-    np.testing.assert_array_equal(r.items, [[0, 1]])
-
-
-# --------------------------------------------------------------------------- acceptance_gates
-
-
-@pytest.fixture(scope="module")
-def base_cfg(tmp_path_factory) -> Config:
-    return tiny_config(tmp_path_factory.mktemp("cfg"))
-
-
-def _with(cfg: Config, section: str, **values) -> Config:
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
-
-
-def _result(kind: str, alpha: float | None, recall: list[float], users=None) -> RunResult:
-    users = np.arange(len(recall), dtype=np.int32) if users is None else np.array(users, dtype=np.int32)
-    per_user = {"recall@10": np.array(recall, dtype=np.float64)}
-    return RunResult(spec=RunSpec(kind, alpha), users=users, lists=np.zeros((len(users), 1), np.int32),
-                     scores=np.zeros((len(users), 1), np.float32), per_user=per_user,
-                     summary={"recall@10": float(np.mean(recall)) if recall else 0.0})
-
-
-GATE_USERS = pl.DataFrame({"user": [0, 1, 2, 3], "slice": ["cold", "warm", "cold", "heavy"]})
-
-
-def _gate_runs():
-    alphas = [_result("alpha", 0.35, [1.0, 0.5, 0.0, 0.5]),     # mean 0.5
-              _result("alpha", 0.5, [1.0, 1.0, 0.0, 0.4])]      # mean 0.6: the best
-    baselines = [_result("popularity", None, [0.5, 0.5, 0.0, 0.2]),     # mean 0.3
-                 _result("content_only", None, [0.4, 0.6, 0.1, 0.5])]   # mean 0.4: the best
-    return alphas, baselines
-
-
-def test_gates_pass_with_hand_computed_lift_and_cold_slice(base_cfg):
-    alphas, baselines = _gate_runs()
-    cfg = _with(base_cfg, "evaluate", gate_min_lift=0.05, bootstrap_samples=200)
-    g = acceptance_gates(alphas, baselines, _eval_data(GATE_USERS), cfg, np.random.default_rng(0))
-    assert g["evaluated"] and g["passed"]
-    assert g["best_alpha"] == 0.5 and g["best_baseline"] == "content_only"
-    g1 = g["gate1"]
-    assert g1["users"] == 4
-    assert g1["alpha_value"] == pytest.approx(0.6) and g1["baseline_value"] == pytest.approx(0.4)
-    assert g1["lift"] == pytest.approx(0.5) and g1["diff"] == pytest.approx(0.2)
-    assert g1["required_lift"] == 0.05 and g1["passed"] is True
-    assert g1["lift_ci"][0] <= g1["lift_ci"][1] and g1["diff_ci"][0] <= g1["diff_ci"][1]
-    g2 = g["gate2"]
-    # cold users 0 and 2: alpha [1.0, 0.0] vs content-only [0.4, 0.1]
-    assert g2["users"] == 2 and g2["evaluated"] is True
-    assert g2["alpha_value"] == pytest.approx(0.5) and g2["content_only_value"] == pytest.approx(0.25)
-    assert g2["diff"] == pytest.approx(0.25) and g2["passed"] is True
-
-
-def test_gate1_fails_below_the_required_lift(base_cfg):
-    alphas, baselines = _gate_runs()
-    cfg = _with(base_cfg, "evaluate", gate_min_lift=0.6, bootstrap_samples=50)
-    g = acceptance_gates(alphas, baselines, _eval_data(GATE_USERS), cfg, np.random.default_rng(0))
-    assert g["gate1"]["lift"] == pytest.approx(0.5)
-    assert g["gate1"]["passed"] is False and g["gate2"]["passed"] is True
-    assert g["passed"] is False
-
-
-def test_gate2_fails_when_content_only_wins_on_cold_users(base_cfg):
-    alphas, _ = _gate_runs()
-    content = _result("content_only", None, [1.0, 0.0, 0.9, 0.0])   # mean 0.475, cold mean 0.95
-    cfg = _with(base_cfg, "evaluate", gate_min_lift=0.05, bootstrap_samples=50)
-    g = acceptance_gates(alphas, [content], _eval_data(GATE_USERS), cfg, np.random.default_rng(0))
-    assert g["gate1"]["lift"] == pytest.approx(0.6 / 0.475 - 1) and g["gate1"]["passed"] is True
-    assert g["gate2"]["alpha_value"] == pytest.approx(0.5)
-    assert g["gate2"]["content_only_value"] == pytest.approx(0.95)
-    assert g["gate2"]["passed"] is False and g["passed"] is False
-
-
-def test_gates_compare_only_the_users_both_runs_finished(base_cfg):
-    # the alpha run timed out after users 0 and 1
-    alpha = _result("alpha", 0.5, [1.0, 0.5], users=[0, 1])
-    base = _result("popularity", None, [0.5, 0.5, 1.0, 1.0])
-    cfg = _with(base_cfg, "evaluate", bootstrap_samples=50)
-    g = acceptance_gates([alpha], [base], _eval_data(GATE_USERS), cfg, np.random.default_rng(0))
-    assert g["gate1"]["users"] == 2
-    assert g["gate1"]["alpha_value"] == pytest.approx(0.75) and g["gate1"]["baseline_value"] == pytest.approx(0.5)
-    assert g["gate2"] == {"evaluated": False, "reason": "no content_only baseline or no cold users", "passed": True}
-
-
-def test_gates_not_evaluated_without_a_finished_alpha(base_cfg):
-    empty = _result("alpha", 0.5, [], users=[])
-    g = acceptance_gates([empty], [_result("popularity", None, [0.5])], _eval_data(GATE_USERS), base_cfg,
-                         np.random.default_rng(0))
-    assert g == {"evaluated": False, "reason": "no finished alpha run or no baseline"}
-
-
-# --------------------------------------------------------------------------- to_markdown
+def test_an_empty_list_for_a_non_empty_pool_is_an_error():
+    lists = _ranked([[4, 5], [-1, -1], [-1, -1]])
+    check_lists(lists, "ok", pool_sizes=np.array([3, 0, 0]))  # empty pool, empty list: fine
+    with pytest.raises(RuntimeError, match=r"1 user\(s\) with a non-empty pool got an empty list"):
+        check_lists(lists, "alpha=0.5", pool_sizes=np.array([3, 0, 7]))
 
 
 def test_to_markdown_formats_floats_ints_strings_and_nulls():
-    df = pl.DataFrame({"run": ["alpha=0.50", "baseline=random"], "recall@10": [0.123456, 1.0], "users": [3, None],
+    df = pl.DataFrame({"run": ["alpha=0.5", "baseline=random"], "recall@10": [0.123456, 1.0], "users": [3, None],
                        "timed_out": [False, True]})
     assert to_markdown(df) == (
         "| run | recall@10 | users | timed_out |\n"
         "|---|---|---|---|\n"
-        "| alpha=0.50 | 0.1235 | 3 | False |\n"
+        "| alpha=0.5 | 0.1235 | 3 | False |\n"
         "| baseline=random | 1.0000 |  | True |"
     )
-    assert to_markdown(df.select("recall@10"), digits=1).splitlines()[2:] == ["| 0.1 |", "| 1.0 |"]
 
 
-# --------------------------------------------------------------------------- evaluate_run on a tiny pipeline
+# --------------------------------------------------------------------------- run identity
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.12, 0.125), (0.35, 0.351), (0.5, 0.5000001)])
+def test_run_names_carry_the_exact_value(a, b):
+    assert Part(ALPHA, a).name != Part(ALPHA, b).name
+    assert Part(ALPHA, a).name == f"alpha={a!r}"
+    assert Part(COLD, a, "popularity").name != Part(COLD, b, "popularity").name
+
+
+# --------------------------------------------------------------------------- selection rules
+
+
+def _s(recall: float, ndcg: float = 0.0) -> dict[str, float]:
+    return {"recall@10": recall, "ndcg@10": ndcg}
+
+
+def test_choose_is_the_argmax_of_recall():
+    assert choose([(0.2, _s(0.1), True), (0.5, _s(0.3), True), (0.8, _s(0.2), True)]) == 0.5
+
+
+def test_choose_breaks_ties_by_ndcg_then_by_the_first_listed():
+    assert choose([(0.2, _s(0.3, 0.1), True), (0.5, _s(0.3, 0.4), True), (0.8, _s(0.3, 0.2), True)]) == 0.5
+    assert choose([(0.2, _s(0.3, 0.4), True), (0.5, _s(0.3, 0.4), True)]) == 0.2
+    # a difference below 1e-12 is a tie
+    assert choose([(0.2, _s(0.3 + 1e-14, 0.1), True), (0.5, _s(0.3, 0.4), True)]) == 0.5
+
+
+def test_choose_never_picks_a_partial_run():
+    assert choose([(0.2, _s(0.9), False), (0.5, _s(0.3), True)]) == 0.5
+    assert choose([(0.2, _s(0.9), False)]) is None
+
+
+@pytest.mark.parametrize(("grid", "chosen", "expected"), [
+    ([0.35, 0.5, 0.65], 0.35, "lower"), ([0.35, 0.5, 0.65], 0.65, "upper"), ([0.35, 0.5, 0.65], 0.5, None),
+    ([0.4], 0.4, None)])
+def test_edge_of_the_grid_is_named(grid, chosen, expected):
+    assert edge(grid, chosen) == expected
+
+
+@pytest.mark.parametrize(("grid", "chosen", "expected"), [
+    ([0.35, 0.5, 0.65], 0.5, [0.425, 0.575]),
+    ([0.35, 0.5, 0.65], 0.35, [0.275, 0.425]),   # at the lower edge: half a step outward
+    ([0.0, 0.5, 1.0], 1.0, [0.75]),              # outward is clipped to 1.0, which is in the grid
+])
+def test_refine_points_surround_the_choice(grid, chosen, expected):
+    assert refine_points(grid, chosen) == expected
+
+
+# --------------------------------------------------------------------------- one pass on a tiny pipeline
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """ingest -> split -> embed-load -> cf-load -> candidates on the tiny synthetic preset, once."""
-    from recopt.cf import run_cf_load
-    from recopt.embeddings import run_embed_load
+def built(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The tiny pipeline up to candidates, both folds, in user batches of 64 (several per fold)."""
     from recopt.ingest import ingest
-    from recopt.pools import run_candidates
     from recopt.split import run_split
 
-    root = tmp_path_factory.mktemp("tiny")
-    cfg = tiny_config(root)
-    for stage in (ingest, run_split, run_embed_load, run_cf_load, run_candidates):
-        stage(cfg)
-    return cfg, load_eval_data(cfg)
+    cfg = tmp_config(tmp_path_factory.mktemp("tiny"), "data.preset=tiny", "candidates.batch_users=64")
+    ingest(cfg)
+    run_split(cfg)
+    return build_folds(cfg)
 
 
-def _fresh(cfg: Config, tmp_path: Path, **rerank) -> Config:
-    """The same pipeline with its own evaluate folder (checkpoints) and rerank overrides."""
-    cfg = dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, evaluate=str(tmp_path / "evaluate")))
-    return _with(cfg, "rerank", **rerank) if rerank else cfg
+def _with(cfg: Config, section: str | None = None, **values) -> Config:
+    if section is None:
+        return dataclasses.replace(cfg, **values)
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
 
 
-def _checkpoints(cfg: Config, spec: RunSpec) -> list[Path]:
-    (folder,) = (Path(cfg.paths.evaluate) / "checkpoints").glob(f"{spec.name}-*")
-    return sorted(folder.glob("batch-*.npz"))
+def _own_checkpoints(cfg: Config, tmp_path: Path) -> Config:
+    return _with(cfg, "paths", checkpoints=str(tmp_path / "checkpoints"))
 
 
-def _assert_same_run(a: RunResult, b: RunResult) -> None:
+def _assert_same(a, b) -> None:
     np.testing.assert_array_equal(a.users, b.users)
-    np.testing.assert_array_equal(a.lists, b.lists)
-    np.testing.assert_array_equal(a.scores, b.scores)
+    np.testing.assert_array_equal(a.top, b.top)
     assert a.per_user.keys() == b.per_user.keys()
     for name in a.per_user:
         np.testing.assert_array_equal(a.per_user[name], b.per_user[name], err_msg=name)
-    assert a.summary == b.summary
 
 
-def _relevant_by_user(cfg: Config) -> dict[int, set[int]]:
-    """user index -> catalog indexes of relevant test items, straight from the split files."""
-    user_ids = pl.read_parquet(Path(cfg.paths.split) / "users.parquet")["userId"].to_numpy()
-    item_ids = pl.read_parquet(Path(cfg.paths.ingest) / "movies.parquet")["movieId"].to_numpy()
-    test = pl.read_parquet(Path(cfg.paths.split) / "test.parquet").filter(pl.col("rating") >= cfg.relevance_threshold)
-    out: dict[int, set[int]] = {}
-    for u, i in zip(np.searchsorted(user_ids, test["userId"].to_numpy()),
-                    np.searchsorted(item_ids, test["movieId"].to_numpy())):
-        out.setdefault(int(u), set()).add(int(i))
-    return out
+PARTS = (Part(ALPHA, 0.5), Part(COLD, 0.5, "popularity"), Part(BASELINE, method="popularity"),
+         Part(BASELINE, method="cf_only"), Part(REFERENCE, 200.0, "ease"))
 
 
-def test_evaluate_run_scores_every_user_with_a_relevant_test_item(pipeline, tmp_path):
-    cfg, data = pipeline
-    cfg = _fresh(cfg, tmp_path)
-    r = evaluate_run(RunSpec("alpha", 0.5), cfg, data)
-    relevant = _relevant_by_user(cfg)
-    assert not r.timed_out
-    np.testing.assert_array_equal(r.users, sorted(relevant))
-    n_test = pl.read_parquet(Path(cfg.paths.split) / "users.parquet")["n_test"].to_numpy()
-    assert data.skipped["no_relevant_test_item"] == int((n_test > 0).sum()) - len(relevant)
-    assert r.lists.shape == (len(relevant), cfg.rerank.k_final)
-    for name, values in r.per_user.items():
-        assert values.shape == (len(relevant),), name
-    # recall@10 recomputed from the lists and the test file
-    expect = [len(set(r.lists[j, :10].tolist()) & relevant[int(u)]) / len(relevant[int(u)])
-              for j, u in enumerate(r.users)]
-    np.testing.assert_allclose(r.per_user["recall@10"], expect)
-    assert r.summary["users_eval"] == len(relevant)
-    assert r.summary["recall@10"] == pytest.approx(np.mean(expect))
-    assert 0.0 < r.summary["recall@10"] <= 1.0
-    # nothing seen in train is recommended
-    seen = data.seen[r.users.astype(np.int64)].toarray()
-    listed = r.lists >= 0
-    assert not seen[np.nonzero(listed)[0], r.lists[listed]].any()
-    # one checkpoint per pool batch
-    assert len(_checkpoints(cfg, RunSpec("alpha", 0.5))) == data.n_batches == 5
+def test_one_pass_gives_each_part_what_it_gives_alone(built: Config, tmp_path: Path):
+    cfg = _own_checkpoints(built, tmp_path)
+    data = load_eval_data(cfg, "test", reader="test")
+    together = evaluate_parts(cfg, data, PARTS, deadline=None, desc="all")
+    for p in PARTS:
+        alone = evaluate_parts(cfg, data, (p,), deadline=None, desc=p.name)
+        _assert_same(together.parts[p.name], alone.parts[p.name])
 
 
-@pytest.mark.parametrize(("alpha", "baseline"), [(1.0, "content_only"), (0.0, "cf_only")])
-def test_alpha_extremes_reduce_to_the_single_source_baseline(pipeline, tmp_path, alpha, baseline):
-    cfg, data = pipeline
-    cfg = _fresh(cfg, tmp_path, w_quality=0.0, w_recency=0.0, w_provider=0.0, mmr_lambda=0.0)
-    hybrid = evaluate_run(RunSpec("alpha", alpha), cfg, data)
-    single = evaluate_run(RunSpec(baseline), cfg, data)
-    np.testing.assert_array_equal(hybrid.users, single.users)
-    np.testing.assert_array_equal(hybrid.lists, single.lists)
-    np.testing.assert_array_equal(hybrid.scores, single.scores)
-    np.testing.assert_array_equal(hybrid.per_user["recall@10"], single.per_user["recall@10"])
+def test_parts_serve_the_users_they_are_for(built: Config, tmp_path: Path):
+    cfg = _own_checkpoints(built, tmp_path)
+    data = load_eval_data(cfg, "test", reader="test")
+    r = evaluate_parts(cfg, data, PARTS, deadline=None, desc="all")
+    has_cf = data.users.sort("user")["has_cf"].to_numpy()
+    everyone = data.users.sort("user")["user"].to_numpy()
+    assert (~has_cf).any() and has_cf.any()  # both kinds of user exist in the tiny data
+    np.testing.assert_array_equal(r.parts["alpha=0.5"].users, everyone[has_cf])
+    np.testing.assert_array_equal(r.parts["cold:beta=0.5:popularity"].users, everyone[~has_cf])
+    np.testing.assert_array_equal(r.parts["baseline=popularity"].users, everyone)
 
 
-def test_the_two_alpha_extremes_differ(pipeline, tmp_path):
-    # guards the test above against a vacuous pass (both sources ranking alike)
-    cfg, data = pipeline
-    cfg = _fresh(cfg, tmp_path, w_quality=0.0, w_recency=0.0, w_provider=0.0, mmr_lambda=0.0)
-    a0 = evaluate_run(RunSpec("alpha", 0.0), cfg, data)
-    a1 = evaluate_run(RunSpec("alpha", 1.0), cfg, data)
-    assert (a0.lists[:, :10] != a1.lists[:, :10]).any(axis=1).mean() > 0.5
+def test_resuming_from_checkpoints_gives_identical_results(built: Config, tmp_path: Path):
+    cfg = _own_checkpoints(built, tmp_path)
+    data = load_eval_data(cfg, "test", reader="test")
+    first = evaluate_parts(cfg, data, PARTS, deadline=None, desc="first")
+    files = sorted(first.checkpoints.glob("batch-*.npz"))
+    assert len(files) == len(first.batches) > 1
+    files[0].unlink()  # as if killed before the first batch was written
+    again = evaluate_parts(cfg, data, PARTS, deadline=None, desc="again")
+    assert again.resumed == len(files) - 1
+    for p in PARTS:
+        _assert_same(first.parts[p.name], again.parts[p.name])
 
 
-def test_time_limit_stops_the_run_and_reports_it(pipeline, tmp_path):
-    cfg, data = pipeline
-    full = evaluate_run(RunSpec("alpha", 0.5), _fresh(cfg, tmp_path / "full"), data)
-    tiny = _with(_fresh(cfg, tmp_path / "tiny"), "evaluate", time_limit_alpha_s=1e-9)
-    r = evaluate_run(RunSpec("alpha", 0.5), tiny, data)
-    assert r.timed_out is True
-    assert len(r.users) < len(full.users)
-    assert r.summary["users_eval"] == len(r.users)
-    # a deadline already past also stops it, whatever the per-run limit
-    r = evaluate_run(RunSpec("alpha", 0.5), _fresh(cfg, tmp_path / "deadline"), data, deadline=0.0)
-    assert r.timed_out is True and len(r.users) == 0 and r.lists.shape == (0, cfg.rerank.k_final)
+def test_a_past_deadline_makes_a_partial_pass_on_the_same_users_for_every_part(built: Config, tmp_path: Path):
+    cfg = _own_checkpoints(built, tmp_path)
+    data = load_eval_data(cfg, "test", reader="test")
+    import time
+    r = evaluate_parts(cfg, data, PARTS[:1] + PARTS[2:3], deadline=time.perf_counter() - 1, desc="late")
+    assert not r.complete and r.done == []
+    assert all(len(p.users) == 0 for p in r.parts.values())
 
 
-def test_timed_out_run_keeps_finished_batches_and_resumes_to_the_full_result(pipeline, tmp_path, monkeypatch):
-    import recopt.evaluate as evaluate_module
-
-    cfg, data = pipeline
-    full = evaluate_run(RunSpec("alpha", 0.5), _fresh(cfg, tmp_path / "full"), data)
-    cut = _with(_fresh(cfg, tmp_path / "cut"), "evaluate", time_limit_alpha_s=5.5)
-    # a clock that advances 1 s per reading; a batch reads it 3 times (limit, start, end),
-    # so the limit check before batch 3 reads 7 > 5.5: exactly 2 batches fit
-    ticks = iter(range(1000))
-    monkeypatch.setattr(evaluate_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-    partial = evaluate_run(RunSpec("alpha", 0.5), cut, data)
-    monkeypatch.undo()
-
-    first_two = data.users.filter(pl.col("batch") < 2)["user"].to_numpy()
-    assert partial.timed_out is True
-    np.testing.assert_array_equal(partial.users, first_two)
-    np.testing.assert_array_equal(partial.lists, full.lists[: len(first_two)])
-    assert len(_checkpoints(cut, RunSpec("alpha", 0.5))) == 2
-
-    resumed = evaluate_run(RunSpec("alpha", 0.5), _with(cut, "evaluate", time_limit_alpha_s=360.0), data)
-    assert resumed.timed_out is False
-    _assert_same_run(resumed, dataclasses.replace(full, seconds=resumed.seconds))
+def test_the_stage_refuses_to_choose_on_a_partial_pass(built: Config, tmp_path: Path):
+    cfg = _own_checkpoints(_with(built, "evaluate", time_limit_total_s=1e-9), tmp_path)
+    with pytest.raises(RecoptError, match=r"evaluate@tune: stopped at evaluate.time_limit_total_s=1e-09 after 0 of "
+                                          r"\d+ user batches.*re-run to resume"):
+        run_tune(cfg)
 
 
-@pytest.mark.parametrize("spec", [RunSpec("alpha", 0.5), RunSpec("random"), RunSpec("popularity")])
-def test_resume_after_losing_checkpoints_gives_identical_results(pipeline, tmp_path, spec):
-    cfg, data = pipeline
-    cfg = _fresh(cfg, tmp_path)
-    first = evaluate_run(spec, cfg, data)
-    files = _checkpoints(cfg, spec)
-    assert len(files) == data.n_batches
-    kept = {f: f.stat().st_mtime_ns for f in files[::2]}
-    for f in files[1::2]:
-        f.unlink()
-    again = evaluate_run(spec, cfg, data)
-    _assert_same_run(again, first)
-    assert _checkpoints(cfg, spec) == files                           # the lost batches are rebuilt ...
-    assert {f: f.stat().st_mtime_ns for f in kept} == kept            # ... the others are read, not redone
+def test_alpha_values_that_round_alike_never_share_checkpoints(built: Config, tmp_path: Path):
+    cfg = _own_checkpoints(built, tmp_path)
+    data = load_eval_data(cfg, "test", reader="test")
+    a = evaluate_parts(cfg, data, (Part(ALPHA, 0.12),), deadline=None, desc="a")
+    b = evaluate_parts(cfg, data, (Part(ALPHA, 0.125),), deadline=None, desc="b")
+    assert a.checkpoints != b.checkpoints and b.resumed == 0
+    assert not np.array_equal(a.parts["alpha=0.12"].top, b.parts["alpha=0.125"].top)
 
 
-def test_gate1_says_whether_the_lift_is_significant(base_cfg):
-    users = pl.DataFrame({"user": list(range(200)), "slice": ["warm"] * 200})
-    cfg = _with(base_cfg, "evaluate", gate_min_lift=0.05, bootstrap_samples=300)
-    steady = _result("alpha", 0.5, [0.6] * 200)  # +0.1 for every user
-    noisy = _result("alpha", 0.5, [1.0, 0.0] * 100)  # mean 0.5, per-user differences of +1 / -0.84
-    base = _result("popularity", None, [0.5] * 200)
-    g = acceptance_gates([steady], [base], _eval_data(users), cfg, np.random.default_rng(0))
-    assert g["gate1"]["passed"] is True and g["gate1"]["significant"] is True
-    base_noisy = _result("popularity", None, [0.0, 0.84] * 100)  # mean 0.42: lift +19% but random signs
-    g = acceptance_gates([noisy], [base_noisy], _eval_data(users), cfg, np.random.default_rng(0))
-    assert g["gate1"]["lift"] == pytest.approx(0.5 / 0.42 - 1)
-    assert g["gate1"]["passed"] is True and g["gate1"]["significant"] is False
-
-
-def test_users_with_an_empty_pool_are_evaluated_not_dropped(tmp_path):
+def test_users_with_an_empty_pool_are_evaluated_not_dropped(tmp_path: Path):
     """temporal_global leaves some users with no train rating: no CF factor, no profile, no pool."""
-    from recopt.cf import run_cf_load
-    from recopt.embeddings import run_embed_load
     from recopt.ingest import ingest
-    from recopt.pools import run_candidates
     from recopt.split import run_split
-    from tests.conftest import tmp_config
 
     cfg = tmp_config(tmp_path, "data.preset=tiny", "split.strategy=temporal_global")
     ingest(cfg)
     run_split(cfg)
-    run_embed_load(cfg)
-    run_cf_load(cfg)
-    run_candidates(cfg)
-    data = load_eval_data(cfg)
+    build_folds(cfg, ("test",))
+    data = load_eval_data(cfg, "test", reader="test")
     empty = data.users.filter(pl.col("pool_size") == 0)["user"].to_numpy()
     assert len(empty) > 0  # the case under test exists
-    for spec in (RunSpec("alpha", 0.5), RunSpec("random"), RunSpec("cf_only")):
-        r = evaluate_run(spec, cfg, data)
-        np.testing.assert_array_equal(r.users, data.users["user"].to_numpy())
-        rows = np.isin(r.users, empty)
-        assert (r.lists[rows] == -1).all() and (r.per_user["recall@10"][rows] == 0).all()
+    r = evaluate_parts(cfg, data, (Part(COLD, 0.0, "popularity"), Part(BASELINE, method="cf_only")),
+                       deadline=None, desc="x")
+    for part in r.parts.values():
+        rows = np.isin(part.users, empty)
+        assert rows.sum() == len(np.intersect1d(part.users, empty))
+        assert (part.top[rows] == -1).all() and (part.per_user["recall@10"][rows] == 0).all()
+
+
+# --------------------------------------------------------------------------- the tune fold never reads test
+
+
+def test_the_tune_fold_chooses_without_any_test_artifact(built: Config, tmp_path: Path):
+    """Every choice is made with the test fold's artifacts (test.parquet included) gone."""
+    root = tmp_path / "copy"
+    shutil.copytree(Path(built.paths.ingest).parent, root)
+    cfg = tmp_config(root, "data.preset=tiny", "candidates.batch_users=64")
+    with_test = run_tune(cfg).selection
+    for stage in ("split", "embed_load", "cf_load", "candidates"):
+        shutil.rmtree(root / stage / "test")
+    shutil.rmtree(root / "checkpoints")
+    assert not list(root.rglob("test.parquet"))
+    assert run_tune(cfg).selection == with_test
+
+
+def test_baseline_content_only_never_lists_an_item_without_content(built: Config, tmp_path: Path):
+    cfg = _own_checkpoints(built, tmp_path)
+    data = load_eval_data(cfg, "test", reader="test")
+    r = evaluate_parts(cfg, data, (Part(BASELINE, method="content_only"), Part(BASELINE, method="cf_only")),
+                       deadline=None, desc="x")
+    has_content, has_cf = data.items["has_content"].to_numpy(), data.items["has_cf"].to_numpy()
+    top = r.parts["baseline=content_only"].top
+    assert has_content[top[top >= 0]].all()
+    top = r.parts["baseline=cf_only"].top
+    assert has_cf[top[top >= 0]].all()
+
+
+def test_random_baseline_draws_unseen_catalog_items_whatever_the_batch(built: Config, tmp_path: Path):
+    from recopt.evaluate import build_shared
+    from recopt.methods import random_lists
+    from recopt.pools import read_pool
+
+    cfg = _own_checkpoints(built, tmp_path)
+    data: EvalData = load_eval_data(cfg, "test", reader="test")
+    shared, _ = build_shared(cfg, data, (Part(BASELINE, method="random"),))
+    users = data.users.sort("user")["user"].to_numpy().astype(np.int64)
+    whole = random_lists(shared, users, 50)
+    np.testing.assert_array_equal(random_lists(shared, users[7:19], 50).items, whole.items[7:19])
+    seen = data.seen[users].toarray() > 0
+    rows = np.broadcast_to(np.arange(len(users))[:, None], whole.items.shape)
+    listed = whole.items >= 0
+    assert listed.all(axis=1).all()  # 50 distinct unseen items for everyone in the tiny catalog
+    assert not seen[rows[listed], whole.items[listed]].any()
+    # drawn from the catalog, not from the candidate pool
+    g = data.pool_users.filter(pl.col("batch") == 0)
+    pool = read_pool(data.candidates, 0, g["pool_size"].to_numpy(), g["user"].to_numpy())
+    in_pool = set(zip(pool["user"].tolist(), pool["item"].tolist()))
+    outside = sum((int(u), int(i)) not in in_pool for u, row in zip(users, whole.items) for i in row if i >= 0
+                  and u in set(g["user"].to_list()))
+    assert outside > 0

@@ -1,9 +1,12 @@
-"""Tests for recopt.filters: bounded, ordered relaxation of soft filters and the backfill step."""
+"""Tests for recopt.filters: bounded, ordered relaxation of soft filters and the backfill step,
+on hand-built cases and against a per-user brute force (Hypothesis)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recopt.filters import first_n_per_row, relax_filters, step_labels
 
@@ -114,6 +117,50 @@ def test_steps_are_bounded_for_many_users_and_random_masks():
     assert r.step.min() >= 0 and r.step.max() <= len(order) + 1
     # user_providers is not relaxable: nothing without it is ever kept
     assert not (r.keep & ~soft["user_providers"]).any()
+
+
+def _relax_by_loop(rows, n_users, hard, soft, order, min_pool):
+    """Per user: the first step (0 = all filters, s = order[:s] dropped) leaving >= min_pool
+    pairs, else the backfill step with every listed filter dropped."""
+    step = np.full(n_users, len(order) + 1)
+    keep = np.zeros(len(rows), dtype=bool)
+    for u in range(n_users):
+        for s in range(len(order) + 2):
+            dropped = set(order[: min(s, len(order))])
+            ok = hard.copy()
+            for name, mask in soft.items():
+                if name not in dropped:
+                    ok &= mask
+            mine = ok & (rows == u)
+            if s == len(order) + 1 or mine.sum() >= min_pool:
+                step[u] = s
+                keep |= mine
+                break
+    return step, keep
+
+
+@st.composite
+def relax_cases(draw):
+    n_users = draw(st.integers(1, 5))
+    rows = np.sort(np.array(draw(st.lists(st.integers(0, n_users - 1), max_size=30)), dtype=np.int32))
+    n = len(rows)
+    masks = st.lists(st.booleans(), min_size=n, max_size=n)
+    names = draw(st.lists(st.sampled_from(["providers", "genres", "user_providers"]), unique=True))
+    soft = {name: np.array(draw(masks), dtype=bool) for name in names}
+    order = draw(st.lists(st.sampled_from(["providers", "genres", "user_providers"]), unique=True))
+    return rows, n_users, np.array(draw(masks), dtype=bool), soft, order, draw(st.integers(0, 8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(relax_cases())
+def test_relax_filters_matches_a_per_user_brute_force(case):
+    rows, n_users, hard, soft, order, min_pool = case
+    r = relax_filters(rows, n_users, hard, soft, order, min_pool)
+    step, keep = _relax_by_loop(rows, n_users, hard, soft, order, min_pool)
+    np.testing.assert_array_equal(r.step, step)
+    np.testing.assert_array_equal(r.keep, keep)
+    assert r.backfill_pass == {name: name not in order for name in soft}
+    assert not (r.keep & ~hard).any()
 
 
 # --------------------------------------------------------------------------- first_n_per_row

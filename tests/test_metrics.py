@@ -99,11 +99,6 @@ def test_hand_computed_cases(row, n_rel, k, expected):
     np.testing.assert_allclose([g[0] for g in got], expected, rtol=1e-12, atol=0)
 
 
-def test_hand_computed_values_are_the_closed_forms():
-    assert 1.5 / (1.5 + 1 / LOG2_3) == pytest.approx(0.703918, abs=1e-6)
-    assert (1 / LOG2_3) / (1 + 1 / LOG2_3) == pytest.approx(0.386853, abs=1e-6)
-
-
 def test_reciprocal_rank_without_cutoff_uses_whole_list():
     hits = _hits([0, 0, 0, 1], [0, 0, 0, 0])
     np.testing.assert_allclose(m.reciprocal_rank(hits), [1 / 4, 0])
@@ -296,56 +291,7 @@ def test_diversity_matches_pairwise_reference_across_chunks(monkeypatch):
         )
 
 
-# --------------------------------------------------------------------------- bootstrap, summary
-
-
-def test_bootstrap_identical_arrays_give_zero_difference():
-    a = np.random.default_rng(1).random(500)
-    result = m.paired_bootstrap(a, a.copy(), 200, np.random.default_rng(0))
-    assert result.diff == 0.0 and result.diff_lo <= 0.0 <= result.diff_hi
-    assert result.rel == 0.0 and result.rel_lo <= 0.0 <= result.rel_hi
-
-
-def test_bootstrap_detects_a_clearly_better_array():
-    rng = np.random.default_rng(2)
-    b = rng.random(1000)
-    a = b + 0.05 + rng.normal(0, 0.01, size=b.size)
-    result = m.paired_bootstrap(a, b, 500, np.random.default_rng(0))
-    assert result.diff_lo > 0 and result.rel_lo > 0
-    assert result.diff_lo <= result.diff <= result.diff_hi
-    assert result.diff == pytest.approx(a.mean() - b.mean())
-
-
-@pytest.mark.parametrize("chunk_bytes", [m._CHUNK_BYTES, 8 * 300 * 7])  # one block / 7 a chunk
-def test_bootstrap_is_deterministic_for_a_seed(monkeypatch, chunk_bytes):
-    monkeypatch.setattr(m, "_CHUNK_BYTES", chunk_bytes)
-    rng = np.random.default_rng(4)
-    a, b = rng.random(300), rng.random(300)
-    first = m.paired_bootstrap(a, b, 100, np.random.default_rng(9))
-    assert first == m.paired_bootstrap(a, b, 100, np.random.default_rng(9))
-    assert first != m.paired_bootstrap(a, b, 100, np.random.default_rng(10))
-
-
-def test_bootstrap_relative_rule_when_baseline_is_zero():
-    zeros = np.zeros(20)
-    better = m.paired_bootstrap(np.full(20, 0.1), zeros, 50, np.random.default_rng(0))
-    assert better.rel == math.inf and better.rel_lo == math.inf
-    both = m.paired_bootstrap(zeros, zeros, 50, np.random.default_rng(0))
-    assert (both.diff, both.rel, both.rel_lo, both.rel_hi) == (0.0, 0.0, 0.0, 0.0)
-
-
-@pytest.mark.parametrize(
-    "a, b, n_samples, match",
-    [
-        (np.ones(3), np.ones(4), 10, "equal shape"),
-        (np.ones(0), np.ones(0), 10, "non-empty"),
-        (np.array([1.0, np.nan]), np.ones(2), 10, "must be finite"),
-        (np.ones(3), np.ones(3), 0, "n_samples must be >= 1"),
-    ],
-)
-def test_bootstrap_rejects_bad_input(a, b, n_samples, match):
-    with pytest.raises(ValueError, match=match):
-        m.paired_bootstrap(a, b, n_samples, np.random.default_rng(0))
+# --------------------------------------------------------------------------- summary (the bootstrap: test_gates.py)
 
 
 def test_summarise_means_and_empty_rule():

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recopt.csvcheck import _scan, read_table
+from recopt.errors import RecoptError
 from recopt.movielens import _MOVIE_FILE as MOVIE_FILE
 from recopt.movielens import download_movielens, read_movielens
 from recopt.schemas import MOVIES, RATINGS, TAGS, DataError, cast_frame, empty_frame
@@ -386,7 +387,7 @@ def test_download_refuses_an_incomplete_existing_folder(server, tmp_path):
 
 
 def test_download_rejects_a_path_as_release(tmp_path):
-    with pytest.raises(ValueError, match="plain name"):
+    with pytest.raises(RecoptError, match=r"data.release: must be a plain name"):
         download_movielens("../evil", tmp_path, "http://127.0.0.1:9/x.zip")
 
 

@@ -1,8 +1,10 @@
-"""End to end, for real: `dvc exp run` / `dvc repro`, a Hydra multirun and MLflow, in temporary repo copies."""
+"""End to end, for real: `dvc exp run` / `dvc repro`, `dvc exp show`, a Hydra multirun and MLflow, in
+temporary repo copies."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -12,22 +14,20 @@ from tests.conftest import copy_repo, needs_ml_small, run_cmd
 
 pytestmark = pytest.mark.e2e
 
-USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10",
-                "alpha_time_sec", "alpha_timed_out"]
+USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10", "alpha_timed_out"]
+FOLD_STAGES = ("embed-load", "cf-load", "candidates", "evaluate")
 
 
-def _mlflow_runs(repo: Path) -> pl.DataFrame:
+def _client(repo: Path):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlruns/mlflow.db")
+    return MlflowClient(tracking_uri=f"sqlite:///{repo}/mlruns/mlflow.db")
+
+
+def _runs(repo: Path) -> list:
+    client = _client(repo)
     exp = client.get_experiment_by_name("recopt")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    return pl.DataFrame({
-        "name": [r.info.run_name for r in runs],
-        "sweep": [r.data.tags.get("recopt.sweep") for r in runs],
-        "recall": [r.data.metrics.get("recall_at_10") for r in runs],
-        "commit": [r.data.tags.get("recopt.git_commit") for r in runs],
-    })
+    return client.search_runs([exp.experiment_id], max_results=5000)
 
 
 @pytest.fixture(scope="module")
@@ -37,55 +37,132 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def test_dvc_pipeline_builds_every_output(tiny_repo: Path) -> None:
-    params = (tiny_repo / "params.yaml").read_text()
-    assert "preset: tiny" in params  # DVC's Hydra composition wrote the override
-    results = tiny_repo / "data/evaluate/results"
-    tuning = pl.read_csv(results / "tuning_results.csv")
-    assert tuning.columns[: len(USER_COLUMNS)] == USER_COLUMNS
-    assert tuning["alpha"].to_list() == [0.35, 0.5, 0.65]
-    assert (tuning["users_eval"] > 0).all() and not tuning["alpha_timed_out"].any()
-    baselines = pl.read_csv(results / "baselines.csv")
-    assert sorted(baselines["run"].to_list()) == sorted(
-        f"baseline={b}" for b in ("popularity", "random", "cf_only", "content_only"))
-    slices = pl.read_csv(results / "slices.csv")
-    assert set(slices["slice"]) == {"cold", "warm", "heavy"}
-    lists = pl.read_parquet(results / "lists.parquet")
+def test_dvc_pipeline_builds_both_folds_and_every_output(tiny_repo: Path) -> None:
+    assert "preset: tiny" in (tiny_repo / "params.yaml").read_text()  # DVC's Hydra composition wrote it
+    for fold in ("tune", "test"):
+        results = tiny_repo / "data/evaluate" / fold
+        tuning = pl.read_csv(results / "tuning_results.csv")
+        assert tuning.columns[: len(USER_COLUMNS)] == USER_COLUMNS
+        assert tuning["alpha"].to_list() == [0.35, 0.5, 0.65]
+        assert (tuning["users_eval"] > 0).all() and not tuning["alpha_timed_out"].any()
+    runs = pl.read_csv(tiny_repo / "data/evaluate/test/runs.csv")
+    chosen = dict(zip(runs["run"], runs["chosen"]))
+    sel = json.loads((tiny_repo / "data/evaluate/tune/selection.json").read_text())
+    assert chosen[f"alpha={sel['alpha']['chosen']!r}"] == "alpha* (validation)"
+    assert chosen[sel["baseline"]["chosen"]] == "best baseline (validation)"
+    assert any(n.startswith("adaptive") for n in chosen) and any(n.startswith("reference=ease") for n in chosen)
+    gates = json.loads((tiny_repo / "data/evaluate/test/gates.json").read_text())
+    assert gates["gate1"]["verdict"] in ("PASS", "INCONCLUSIVE", "FAIL")
+    lists = pl.read_parquet(tiny_repo / "data/evaluate/test/lists.parquet")
     assert lists.group_by("run", "userId").agg(pl.col("rank").max())["rank"].max() == 50
-    metrics = json.loads((tiny_repo / "data/evaluate/metrics.json").read_text())
-    assert metrics["best_alpha"] in (0.35, 0.5, 0.65)
-    report = (results / "report.md").read_text()
-    assert "## Acceptance gates" in report and (results / "alpha_curve.png").stat().st_size > 1000
-    runs = _mlflow_runs(tiny_repo)
-    assert {"alpha=0.35", "alpha=0.50", "alpha=0.65", "baseline=popularity", "baseline=cf_only"} <= set(runs["name"])
-    best = tuning.sort("recall@10", descending=True).row(0, named=True)
-    logged = runs.filter(pl.col("name") == f"alpha={best['alpha']:.2f}")["recall"][0]
-    assert logged == pytest.approx(best["recall@10"])
-    status = run_cmd(["dvc", "status"], tiny_repo).stdout
-    assert "up to date" in status
+    assert "up to date" in run_cmd(["dvc", "status"], tiny_repo).stdout
+
+
+def test_console_ends_with_the_table_the_verdicts_and_the_report(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path)
+    out = run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny"], repo).stdout
+    tail = out[out.index("evaluate@test — runs on test"):]
+    assert "* alpha=" in tail and "recall@10" in tail and "Gate 1 " in tail and "Gate 2 " in tail
+    assert "report: data/evaluate/test/report.md" in tail
+
+
+def test_dvc_exp_show_lists_the_metrics_of_each_experiment(tiny_repo: Path) -> None:
+    run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny", "-S", "alpha=0.8", "-n", "alpha-08"], tiny_repo)
+    shown = json.loads(run_cmd(["dvc", "exp", "show", "--json"], tiny_repo).stdout)
+    experiments = [e for row in shown for e in (row.get("experiments") or [])]
+    found = {}
+    for exp in experiments:
+        for rev in exp.get("revs", []):
+            data = rev.get("data") or {}
+            metrics = data.get("metrics", {}).get("metrics/test.json", {}).get("data", {})
+            if metrics:
+                found[rev.get("name") or data.get("name")] = metrics
+    assert "alpha-08" in found
+    for m in ("recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10"):
+        assert isinstance(found["alpha-08"][m], float)
+    diff = run_cmd(["dvc", "metrics", "diff", "HEAD", "alpha-08", "--json"], tiny_repo).stdout
+    assert "metrics/test.json" in diff
 
 
 def test_changing_alpha_reruns_only_evaluate(tiny_repo: Path) -> None:
-    # DVC composes conf/ + this run's overrides, so the preset is given again
-    out = run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny", "-S", "alpha=0.8"], tiny_repo).stdout
-    assert "Running stage 'evaluate'" in out
-    for stage in ("ingest", "split", "embed-load", "cf-load", "candidates"):
-        assert f"Running stage '{stage}'" not in out
-    tuning = pl.read_csv(tiny_repo / "data/evaluate/results/tuning_results.csv")
-    assert 0.8 in tuning["alpha"].to_list()
+    out = run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny", "-S", "alpha=0.9"], tiny_repo).stdout
+    assert "Running stage 'evaluate@tune'" in out and "Running stage 'evaluate@test'" in out
+    for stage in ("ingest", "split", *[f"{s}@{f}" for s in FOLD_STAGES[:3] for f in ("tune", "test")]):
+        assert f"Running stage '{stage}'" not in out, stage
+    assert 0.9 in pl.read_csv(tiny_repo / "data/evaluate/tune/tuning_results.csv")["alpha"].to_list()
 
 
-def test_hydra_multirun_sweep_logs_every_run(tiny_repo: Path) -> None:
-    # jobs in parallel through hydra-joblib-launcher: every run must still be recorded
+def test_a_stage_rerun_with_identical_data_does_not_rerun_what_follows(tiny_repo: Path) -> None:
+    run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny"], tiny_repo)
+    out = run_cmd(["dvc", "repro", "-f", "-s", "split"], tiny_repo).stdout
+    assert "Running stage 'split'" in out
+    status = run_cmd(["dvc", "status"], tiny_repo).stdout
+    assert "up to date" in status, status
+
+
+def test_mlflow_holds_parents_children_params_datasets_and_artifacts(tiny_repo: Path) -> None:
+    client = _client(tiny_repo)
+    exp = client.get_experiment_by_name("recopt")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = _runs(tiny_repo)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert parents and children and all(r.info.status == "FINISHED" for r in runs)
+    parent_ids = {p.info.run_id for p in parents}
+    assert all(c.data.tags["mlflow.parentRunId"] in parent_ids for c in children)
+    for c in children:
+        name = c.data.tags["recopt.run"]
+        if name.startswith("alpha=") and "full" not in name:
+            assert c.data.params["alpha"] == name.split("=")[1]
+        assert c.info.run_name.startswith("synthetic-tiny · ")
+        assert c.info.end_time > c.info.start_time
+        ds = c.inputs.dataset_inputs
+        assert ds and ds[0].dataset.name == "synthetic-tiny" and len(ds[0].dataset.digest) > 8
+        arts = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert {"slices.csv", "per_user.parquet"} <= arts
+    for p in parents:
+        arts = {a.path for a in client.list_artifacts(p.info.run_id)}
+        assert {"report.md", "alpha_curve.png", "runs.csv"} <= arts
+    # within a fold, every alpha child carries the same metric set
+    for fold in ("tune", "test"):
+        keys = [set(c.data.metrics) for c in children if c.data.tags["recopt.run"].startswith("alpha=")
+                and c.data.tags["recopt.fold"] == fold]
+        assert keys and all(k == keys[0] for k in keys), fold
+        assert {"recall_at_10", "warm.recall_at_10", "cold.users"} <= keys[0]
+
+
+def test_hydra_multirun_sweep_compares_on_the_same_users_and_logs_every_run(tiny_repo: Path) -> None:
     out = run_cmd(["python", "-m", "stages.evaluate", "-m", "alpha=0.2,0.9", "data.preset=tiny",
                    "hydra/launcher=joblib"], tiny_repo).stdout
-    assert "baseline=content_only" in out  # the comparison table printed at the end
-    sweeps = sorted((tiny_repo / "data/hydra/sweep").iterdir())
-    table = pl.read_csv(sweeps[-1] / "comparison.csv")
-    assert {"alpha=0.20", "alpha=0.90", "baseline=popularity"} <= set(table["run"])
-    runs = _mlflow_runs(tiny_repo).filter(pl.col("sweep") == f"hydra-{sweeps[-1].name}")
-    assert {"alpha=0.20", "alpha=0.90", "baseline=random", "baseline=cf_only"} <= set(runs["name"])
-    assert runs["recall"].is_not_null().all()
+    assert "{" not in out.split("sweep on validation")[-1]  # no raw dicts
+    csv = Path(out.split("comparison: ")[1].split()[0])
+    sweep = csv.parent
+    table = pl.read_csv(tiny_repo / csv)
+    assert {"alpha=0.2", "alpha=0.9", "baseline=popularity"} <= set(table["run"])
+    assert table["users_compared"].n_unique() == 1 and (table["users_eval"] == table["users_compared"]).all()
+    runs = [r for r in _runs(tiny_repo) if r.data.tags.get("recopt.sweep") == f"hydra-{sweep.name}"]
+    names = {r.data.tags.get("recopt.run") for r in runs}
+    assert {"alpha=0.2", "alpha=0.9", "baseline=random", "baseline=cf_only"} <= names
+    assert all(r.data.tags.get("recopt.fold") == "tune" for r in runs)
+    # a sweep's alpha runs log the same metrics as the DVC tune fold's alpha runs
+    dvc_keys = next(set(r.data.metrics) for r in _runs(tiny_repo) if r.data.tags.get("recopt.fold") == "tune"
+                    and r.data.tags.get("recopt.sweep", "").startswith("dvc-")
+                    and r.data.tags.get("recopt.run", "").startswith("alpha=0.35"))
+    sweep_keys = next(set(r.data.metrics) for r in runs if r.data.tags.get("recopt.run") == "alpha=0.2")
+    assert sweep_keys == dvc_keys
+
+
+def test_fresh_clone_then_dvc_repro_leaves_git_clean(tmp_path: Path) -> None:
+    first = copy_repo(tmp_path / "first")
+    run_cmd(["python", "-m", "stages.compose", "data.preset=tiny"], first)
+    run_cmd(["dvc", "repro"], first)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock"]):
+        subprocess.run(cmd, cwd=first, check=True, capture_output=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(first), str(clone)], check=True)
+    run_cmd(["dvc", "repro"], clone)
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
+    assert status == "", status
 
 
 def test_dvc_pipeline_on_movielens_sample(tmp_path: Path) -> None:
@@ -93,8 +170,8 @@ def test_dvc_pipeline_on_movielens_sample(tmp_path: Path) -> None:
     repo = copy_repo(tmp_path)
     run_cmd(["dvc", "exp", "run", "-S", "data=movielens", "-S", f"data.path={ml}"], repo)
     manifest = json.loads((repo / "data/ingest/manifest.json").read_text())
-    assert manifest["counts"]["n_ratings"] == 100_836 and manifest["counts"]["n_users"] == 610
-    tuning = pl.read_csv(repo / "data/evaluate/results/tuning_results.csv")
+    assert manifest["summary"]["counts"]["n_ratings"] == 100_836 and manifest["summary"]["counts"]["n_users"] == 610
+    tuning = pl.read_csv(repo / "data/evaluate/test/tuning_results.csv")
     assert tuning.height == 3 and (tuning["recall@10"] > 0).all()
-    assembly = json.loads((repo / "data/candidates/assembly.json").read_text())
-    assert assembly  # the aligned-inputs description exists
+    metrics = json.loads((repo / "metrics/test.json").read_text())
+    assert metrics["alpha_star"] in (0.35, 0.5, 0.65)

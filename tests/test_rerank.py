@@ -1,9 +1,12 @@
 """Tests for recopt.rerank and recopt.kernels: padding, plain top-k with its tie rule,
-MMR on hand-computed cases, the shortlist, and the numba pair-dot kernel."""
+MMR on hand-computed cases (including rows whose remaining scores are not finite), the
+shortlist, the numba pair-dot kernel (NaN and inf propagate: no nnan/ninf fastmath), and
+the kernels giving the same bytes when batches run on concurrent threads (nogil)."""
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -129,6 +132,59 @@ def test_mmr_select_zero_vectors_are_similar_to_nothing():
     np.testing.assert_allclose(objective[0, 1], 0.25, atol=1e-6)
 
 
+def test_mmr_select_stops_when_only_non_finite_scores_remain():
+    # two finite scores, then valid items whose scores are -inf: exactly two picks, the rest -1
+    scores = np.array([[0.9, 0.4, -np.inf, -np.inf]], dtype=np.float32)
+    items = np.array([[0, 2, 1, 3]], dtype=np.int32)
+    vecs = np.eye(4, dtype=np.float32)
+    for lam in (0.0, 0.5):
+        picked, objective = mmr_select(scores, items, vecs, lam, 4)
+        np.testing.assert_array_equal(picked, [[0, 1, -1, -1]])
+        np.testing.assert_allclose(objective[0, :2], [(1 - lam) * 0.9, (1 - lam) * 0.4])
+        np.testing.assert_array_equal(objective[0, 2:], 0.0)
+
+
+def test_mmr_select_never_picks_a_nan_score_and_an_all_inf_row_stays_empty():
+    scores = np.array([[0.5, np.nan, 0.3], [-np.inf, -np.inf, -np.inf]], dtype=np.float32)
+    items = np.array([[0, 1, 2], [0, 1, 2]], dtype=np.int32)
+    picked, _ = mmr_select(scores, items, np.eye(3, dtype=np.float32), 0.25, 3)
+    np.testing.assert_array_equal(picked, [[0, 2, -1], [-1, -1, -1]])
+
+
+def test_mmr_select_penalty_uses_the_most_similar_picked_item():
+    # item 3 is close to item 0 (picked first) and orthogonal to item 1: max, not the last pick
+    vecs = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.8, 0.6, 0]], dtype=np.float32)
+    scores = np.array([[0.9, 0.8, 0.1, 0.75]], dtype=np.float32)
+    picked, objective = mmr_select(scores, np.array([[0, 1, 2, 3]], np.int32), vecs, 0.5, 4)
+    # step 1: item 1 -> 0.4 - 0, item 3 -> 0.375 - 0.4 | step 2: item 2 -> 0.05, item 3 -> 0.375 - 0.5 * 0.8
+    np.testing.assert_array_equal(picked, [[0, 1, 2, 3]])
+    np.testing.assert_allclose(objective[0], [0.45, 0.4, 0.05, 0.375 - 0.4], atol=1e-6)
+
+
+def test_kernels_give_the_same_bytes_on_concurrent_threads():
+    # the executor runs batches on threads (the kernels release the GIL): a row's result must not
+    # depend on what else runs at the same time
+    rng = np.random.default_rng(12)
+    n_items, n_users, width = 300, 64, 120
+    vecs = rng.normal(size=(n_items, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    scores = -np.sort(-rng.random((n_users, width)), axis=1).astype(np.float32)
+    items = np.stack([rng.choice(n_items, width, replace=False) for _ in range(n_users)]).astype(np.int32)
+    rows = rng.integers(0, n_items, 5000).astype(np.int32)
+    cols = rng.integers(0, n_items, 5000).astype(np.int32)
+    whole = mmr_select(scores, items, vecs, 0.3, 20)
+    dots = pair_dots(vecs, vecs, rows, cols)
+    chunks = [slice(s, s + 8) for s in range(0, n_users, 8)]
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda sl: mmr_select(scores[sl], items[sl], vecs, 0.3, 20), chunks * 3))
+        dot_parts = list(pool.map(lambda _: pair_dots(vecs, vecs, rows, cols), range(8)))
+    for sl, (picked, objective) in zip(chunks * 3, parts):
+        np.testing.assert_array_equal(picked, whole[0][sl])
+        np.testing.assert_array_equal(objective, whole[1][sl])
+    for d in dot_parts:
+        np.testing.assert_array_equal(d, dots)
+
+
 # --------------------------------------------------------------------------- rank_pools
 
 
@@ -222,3 +278,15 @@ def test_pair_dots_equals_gathered_einsum():
 def test_pair_dots_empty():
     a = np.ones((2, 3), dtype=np.float32)
     assert pair_dots(a, a, np.zeros(0, np.int32), np.zeros(0, np.int32)).shape == (0,)
+
+
+def test_pair_dots_propagates_nan_and_inf():
+    # no nnan/ninf fastmath: a NaN or inf input is never assumed away
+    a = np.array([[1.0, 2.0], [np.nan, 1.0], [np.inf, 0.5]], dtype=np.float32)
+    b = np.array([[1.0, 1.0], [-np.inf, 1.0]], dtype=np.float32)
+    got = pair_dots(a, b, np.array([0, 1, 2, 0], np.int32), np.array([0, 0, 0, 1], np.int32))
+    assert got[0] == 3.0
+    assert np.isnan(got[1])
+    assert got[2] == np.inf
+    assert got[3] == -np.inf
+

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recopt.errors import RecoptError
 from recopt.schemas import (
     MOVIES, PROVIDERS, RATINGS, TAGS, USER_PROVIDERS,
     Column, DataError, Problem, Schema, cast_frame, check, empty_frame, validate_frame,
@@ -65,7 +66,7 @@ def test_check_is_silent_without_problems_and_raises_all_of_them():
         check(problems)
     assert info.value.problems == problems
     assert str(info.value).splitlines() == [str(p) for p in problems]
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, RecoptError)  # printed as one clean message by the stage entry points
 
 
 def test_missing_column_suggests_the_rename():

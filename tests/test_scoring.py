@@ -1,5 +1,7 @@
 """Tests for recopt.scoring: per-user min-max, blending with cold-start fallbacks,
-secondary signals, score_pool end to end, and a Hypothesis range property."""
+secondary signals, the cold-start rule (1 - beta) * content + beta * prior for users
+without any collab, score_pool end to end, and Hypothesis properties (range, beta = 0
+is the content-only rule, beta = 1 ranks by the prior, warm users ignore beta)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,17 @@ from hypothesis import strategies as st
 
 from recopt.config import RerankConfig
 from recopt.keys import segment_starts
-from recopt.scoring import blend, final_scores, impute_user_mean, minmax_per_user, score_pool
+from recopt.scoring import (blend, cold_blend, final_scores, impute_user_mean, minmax_per_user, normalise_pool,
+                            prior_signal, score_pool, served_scores)
 
 NAN = np.nan
 
 
 def _rerank(w_quality: float = 0.0, w_recency: float = 0.0, w_provider: float = 0.0,
-            missing_collab: str = "user_mean") -> RerankConfig:
+            missing_collab: str = "user_mean", cold_beta: float = 0.0, cold_prior: str = "popularity") -> RerankConfig:
     return RerankConfig(w_quality=w_quality, w_recency=w_recency, w_provider=w_provider, mmr_lambda=0.0,
-                        k_final=10, mmr_pool=10, missing_collab=missing_collab)
+                        k_final=10, mmr_pool=10, missing_collab=missing_collab, cold_beta=cold_beta,
+                        cold_prior=cold_prior)
 
 
 def _f32(*values: float) -> np.ndarray:
@@ -143,7 +147,8 @@ def test_score_pool_end_to_end_known_answer():
     quality = _f32(0.2, 0.4, 0.6)             # per catalog item
     recency = _f32(0.0, 0.5, 1.0)
     cfg = _rerank(w_quality=0.1, w_recency=0.1, w_provider=0.1)
-    sp = score_pool(rows, items, collab, content, provider, quality, recency, 0.5, cfg)
+    prior = _f32(5, 1, 3)                     # catalog-level; beta = 0 ignores it
+    sp = score_pool(rows, items, collab, content, provider, quality, recency, prior, 0.5, cfg)
 
     np.testing.assert_allclose(sp.collab[:3], [0.0, 0.5, 1.0])
     assert np.isnan(sp.collab[3:]).all()
@@ -164,10 +169,10 @@ def test_item_without_cf_factor_gets_the_users_mean_collab():
     collab = _f32(1, 2, 3, NAN)
     content = _f32(0, 0, 0, 1)  # item 3 is the best content match
     z = np.zeros(4, dtype=np.float32)
-    mean_rule = score_pool(rows, items, collab, content, z, z, z, 0.25, _rerank())
+    mean_rule = score_pool(rows, items, collab, content, z, z, z, z, 0.25, _rerank())
     np.testing.assert_allclose(mean_rule.collab, [0.0, 0.5, 1.0, 0.5])
     np.testing.assert_allclose(mean_rule.hybrid, [0.0, 0.375, 0.75, 0.25 * 1 + 0.75 * 0.5])
-    literal = score_pool(rows, items, collab, content, z, z, z, 0.25, _rerank(missing_collab="content"))
+    literal = score_pool(rows, items, collab, content, z, z, z, z, 0.25, _rerank(missing_collab="content"))
     np.testing.assert_allclose(literal.hybrid, [0.0, 0.375, 0.75, 1.0])  # the fallback ranks it first
 
 
@@ -184,10 +189,62 @@ def test_score_pool_alpha_extremes_reduce_to_one_source():
     collab = _f32(3, 2, 1)
     content = _f32(1, 2, 3)
     z = np.zeros(3, dtype=np.float32)
-    only_content = score_pool(rows, items, collab, content, z, z, z, 1.0, _rerank())
-    only_collab = score_pool(rows, items, collab, content, z, z, z, 0.0, _rerank())
+    only_content = score_pool(rows, items, collab, content, z, z, z, z, 1.0, _rerank())
+    only_collab = score_pool(rows, items, collab, content, z, z, z, z, 0.0, _rerank())
     np.testing.assert_allclose(only_content.final, [0.0, 0.5, 1.0])
     np.testing.assert_allclose(only_collab.final, [1.0, 0.5, 0.0])
+
+
+# --------------------------------------------------------------------------- cold start
+
+
+def test_prior_signal_is_log1p_popularity_or_the_quality_signal():
+    quality = _f32(0.9, 0.1, 0.5)
+    popularity = np.array([0, 9, 99], dtype=np.int64)
+    np.testing.assert_allclose(prior_signal("popularity", quality, popularity), [0.0, np.log(10), np.log(100)],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(prior_signal("quality", quality, popularity), quality)
+    assert prior_signal("popularity", quality, popularity).dtype == np.float32
+
+
+def test_cold_blend_weights_content_and_prior_and_counts_missing_content_as_zero():
+    content = _f32(0.0, 0.5, 1.0, NAN)
+    prior = _f32(1.0, 0.0, 0.5, 0.8)
+    np.testing.assert_allclose(cold_blend(content, prior, 0.25), [0.25, 0.375, 0.875, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(cold_blend(content, prior, 0.0), [0.0, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(cold_blend(content, prior, 1.0), prior)
+
+
+def test_score_pool_cold_user_known_answer_and_the_warm_user_is_untouched():
+    # user 0 has collab (warm), user 1 has none (cold); items 0..2 in both pools
+    rows = np.array([0, 0, 0, 1, 1, 1], dtype=np.int32)
+    items = np.array([0, 1, 2, 0, 1, 2], dtype=np.int32)
+    collab = _f32(3, 1, 2, NAN, NAN, NAN)
+    content = _f32(0.5, 0.9, 0.1, 0.2, 0.6, 1.0)
+    z3 = np.zeros(3, dtype=np.float32)
+    z6 = np.zeros(6, dtype=np.float32)
+    popularity = np.array([100, 0, 10], dtype=np.int64)
+    prior = prior_signal("popularity", z3, popularity)
+    sp = score_pool(rows, items, collab, content, z6, z3, z3, prior, 0.5, _rerank(cold_beta=0.5))
+    # cold user: content -> (0, 0.5, 1); prior log(101), 0, log(11) -> (1, 0, log(11)/log(101))
+    prior_n = np.log(11) / np.log(101)
+    np.testing.assert_allclose(sp.hybrid[3:], [0.5, 0.25, 0.5 + 0.5 * prior_n], rtol=1e-6)
+    # warm user: 0.5 * content (0.5, 1, 0) + 0.5 * collab (1, 0, 0.5) whatever beta and the prior
+    np.testing.assert_allclose(sp.hybrid[:3], [0.75, 0.5, 0.25], rtol=1e-6)
+    other = score_pool(rows, items, collab, content, z6, z3, z3, prior[::-1].copy(), 0.5, _rerank(cold_beta=1.0))
+    np.testing.assert_array_equal(other.hybrid[:3], sp.hybrid[:3])
+    assert not np.array_equal(other.hybrid[3:], sp.hybrid[3:])
+
+
+def test_normalise_pool_marks_exactly_the_users_without_any_collab_as_cold():
+    rows = np.array([0, 0, 1, 1, 2], dtype=np.int32)
+    items = np.array([0, 1, 0, 1, 1], dtype=np.int32)
+    collab = _f32(NAN, 2.0, NAN, NAN, NAN)  # user 0 has one collab value; users 1 and 2 none
+    z = np.zeros(5, dtype=np.float32)
+    n = normalise_pool(rows, items, collab, _f32(1, 2, 3, 4, 5), z, _f32(0, 0), _f32(0, 0), "user_mean")
+    np.testing.assert_array_equal(n.cold, [False, False, True, True, True])
+    np.testing.assert_array_equal(n.collab_missing, np.isnan(collab))
+    np.testing.assert_allclose(n.collab[:2], [0.5, 0.5])  # user 0's missing value gets its mean
 
 
 # --------------------------------------------------------------------------- properties
@@ -202,15 +259,20 @@ def pools(draw):
                           st.floats(allow_nan=False, allow_infinity=False, width=32))
     unit = st.floats(0.0, 1.0, width=32)
     collab = np.array(draw(st.lists(component, min_size=n, max_size=n)), dtype=np.float32)
+    cold_users = np.array(draw(st.lists(st.booleans(), min_size=len(sizes), max_size=len(sizes))))
+    collab[cold_users[rows]] = np.nan  # users without any collab: the cold-start rule
     content = np.array(draw(st.lists(component, min_size=n, max_size=n)), dtype=np.float32)
     provider = np.array(draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n)), dtype=np.float32)
     n_items = draw(st.integers(1, 8))
     items = np.array(draw(st.lists(st.integers(0, n_items - 1), min_size=n, max_size=n)), dtype=np.int32)
     quality = np.array(draw(st.lists(unit, min_size=n_items, max_size=n_items)), dtype=np.float32)
     recency = np.array(draw(st.lists(unit, min_size=n_items, max_size=n_items)), dtype=np.float32)
+    popularity = np.array(draw(st.lists(st.integers(0, 10**6), min_size=n_items, max_size=n_items)), dtype=np.int64)
+    prior = prior_signal(draw(st.sampled_from(["popularity", "quality"])), quality, popularity)
     weights = draw(st.lists(st.floats(0.0, 1 / 3), min_size=3, max_size=3))
     alpha = draw(st.floats(0.0, 1.0))
-    return rows, items, collab, content, provider, quality, recency, alpha, _rerank(*weights)
+    beta = draw(st.floats(0.0, 1.0))
+    return rows, items, collab, content, provider, quality, recency, prior, alpha, _rerank(*weights, cold_beta=beta)
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
@@ -232,3 +294,57 @@ def test_score_pool_outputs_are_finite_and_in_unit_interval(pool):
     rows, collab = pool[0], pool[2]
     user_has_collab = np.bincount(rows, weights=~np.isnan(collab), minlength=rows.max() + 1) > 0
     np.testing.assert_array_equal(np.isnan(sp.collab), np.isnan(collab) & ~user_has_collab[rows])
+
+
+def _normalised(pool):
+    rows, items, collab, content, provider, quality, recency, prior, alpha, cfg = pool
+    n = normalise_pool(rows, items, collab, content, provider, quality, recency, cfg.missing_collab)
+    return n, prior, alpha, cfg
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@settings(max_examples=200, deadline=None)
+@given(pools())
+def test_beta_zero_is_exactly_the_content_only_rule(pool):
+    n, prior, alpha, cfg = _normalised(pool)
+    hybrid, final = served_scores(n, alpha, 0.0, prior, cfg)
+    # the seed's rule: the alpha blend, which for a user without collab is content (0 if missing)
+    np.testing.assert_array_equal(hybrid, blend(n.content, n.collab, alpha))
+    np.testing.assert_array_equal(hybrid[n.cold], np.nan_to_num(n.content[n.cold]))
+    np.testing.assert_array_equal(final, final_scores(hybrid, n.quality, n.recency, n.provider, cfg))
+
+
+def _minmax_by_loop(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    out = np.empty(len(values))
+    for u in np.unique(rows):
+        m = rows == u
+        v = values[m].astype(np.float64)
+        span = v.max() - v.min()
+        out[m] = (v - v.min()) / span if span > 1e-12 else 0.5
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@settings(max_examples=200, deadline=None)
+@given(pools())
+def test_beta_one_ranks_cold_users_by_the_per_user_normalised_prior(pool):
+    n, prior, alpha, cfg = _normalised(pool)
+    hybrid, _ = served_scores(n, alpha, 1.0, prior, cfg)
+    expect = _minmax_by_loop(prior[n.items], n.rows)
+    np.testing.assert_allclose(hybrid[n.cold], expect[n.cold], rtol=1e-5, atol=1e-6)
+    # so within each cold user the order is the prior's order (content plays no part)
+    for u in np.unique(n.rows[n.cold]):
+        m = n.rows == u
+        p, h = prior[n.items[m]], hybrid[m]
+        strictly = p[:, None] > p[None, :]
+        assert (h[:, None] >= h[None, :])[strictly].all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@settings(max_examples=100, deadline=None)
+@given(pools(), st.floats(0.0, 1.0))
+def test_beta_and_prior_never_change_a_warm_users_scores(pool, beta):
+    n, prior, alpha, cfg = _normalised(pool)
+    base, _ = served_scores(n, alpha, 0.0, prior, cfg)
+    moved, _ = served_scores(n, alpha, beta, prior[::-1].copy() + 1.0, cfg)
+    np.testing.assert_array_equal(moved[~n.cold], base[~n.cold])
