@@ -256,6 +256,17 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
     return Stored(stage, fold, root, manifest, sha256_file(mpath))
 
 
+def _sweep_leftovers(root: Path) -> None:
+    """Remove staging / old folders next to `root` left by runs that were killed (their process is gone)."""
+    import psutil
+
+    for p in root.parent.glob(f".{root.name}.*-*-*"):
+        kind, _, rest = p.name[len(root.name) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("staging", "old") and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 class Output:
     """A stage's artifact being written: files go to a staging folder until :meth:`commit`."""
 
@@ -270,7 +281,9 @@ class Output:
         self.runs_dir = runs_dir
         self.started = time.perf_counter()
         try:
-            self.staging.mkdir(parents=True)
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            _sweep_leftovers(self.root)
+            self.staging.mkdir()
         except OSError as err:
             raise ArtifactError(f"{label(stage, fold)}: cannot write its output folder {self.root.parent}: "
                                 f"{err.strerror or err} — make the folder writable, or set paths.{stage} "

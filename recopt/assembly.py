@@ -184,9 +184,10 @@ def load_hybrid_inputs(ingest: Stored, split: Stored, embed: Stored, cf: Stored)
         problems.append(Problem(str(cf.root), None, f"user factors have {uf.shape[1]} columns, item factors "
                                 f"{vf.shape[1]}", f"run `dvc repro {dvc_name(cf.stage, cf.fold)}`"))
     check(problems)
-    files = {f"embed_load.{n}": str(embed.path(n)) for n in _EMBED_ARRAYS}
-    files |= {f"cf_load.{n}": str(cf.path(n)) for n in _CF_ARRAYS}
-    files |= {"catalog": str(movies_file), "users": str(users_file)}
+    # artifact labels, not absolute paths: an artifact's bytes must not depend on where the repo lives
+    files = {f"embed_load.{n}": f"{embed.label}/{embed.path(n).name}" for n in _EMBED_ARRAYS}
+    files |= {f"cf_load.{n}": f"{cf.label}/{cf.path(n).name}" for n in _CF_ARRAYS}
+    files |= {"catalog": f"{ingest.label}/{movies_file.name}", "users": f"{split.label}/{users_file.name}"}
     return HybridInputs(item_ids=catalog.astype(np.int32), user_ids=users.astype(np.int32),
                         embeddings=emb["embeddings"], mmr=emb["mmr"], has_content=emb["has_content"],
                         user_factors=factors["user_factors"], item_factors=factors["item_factors"],

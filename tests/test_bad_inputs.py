@@ -1,0 +1,353 @@
+"""The bad-input catalogue: every case a user can hit stops with one clean message naming the file,
+the column or line (or the key) and the fix, exits with status 2, and changes nothing under data/.
+
+Cases run the real stage entry points (`python -m stages.<name> --params ...`) in-process, so the
+catalogue stays fast; test_clean_errors_in_real_processes checks the same path as real processes,
+`dvc repro` included."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from stages._entry import compose
+from tests.conftest import ML_SMALL, ROOT, STAGE_DIRS, copy_repo, tool_env
+
+ROWS = [[str(u), str(m), "4.0" if (u + m) % 3 else "2.5", str(1_000_000_000 + 1000 * (u * 50 + m))]
+        for u in range(1, 41) for m in range(1, 31) if (u * 7 + m) % 4]
+RATINGS = "userId,movieId,rating,timestamp\n" + "".join(",".join(r) + "\n" for r in ROWS)
+
+
+def ratings_with(line: int, column: int, value: str, extra: bool = False) -> str:
+    """RATINGS with one field of file line `line` (header = line 1) replaced (or a field added)."""
+    rows = [list(r) for r in ROWS]
+    row = rows[line - 2]
+    if extra:
+        row.append(value)
+    else:
+        row[column] = value
+    return "userId,movieId,rating,timestamp\n" + "".join(",".join(r) + "\n" for r in rows)
+MOVIES = "movieId,title,genres\n" + "".join(f"{m},Movie {m} (19{50 + m}),Drama|Comedy\n" for m in range(1, 31))
+TAGS = "userId,movieId,tag,timestamp\n1,1,funny,1000000100\n2,3,dark,1000000200\n"
+
+
+def ml_folder(root: Path, **files: str | bytes | None) -> Path:
+    """A small valid MovieLens folder, with some files replaced (None deletes one)."""
+    folder = root / "ml"
+    folder.mkdir(parents=True, exist_ok=True)
+    contents: dict[str, str | bytes | None] = {"ratings.csv": RATINGS, "movies.csv": MOVIES, "tags.csv": TAGS}
+    contents |= {k.replace("_", "."): v for k, v in files.items()}
+    for name, content in contents.items():
+        if content is None:
+            continue
+        path = folder / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return folder
+
+
+def params_file(root: Path, *overrides: str, edit: Callable[[dict], None] | None = None) -> Path:
+    raw = compose([*(f"paths.{k}={root}/data/{k}" for k in STAGE_DIRS),
+                   f"paths.mlflow_uri=sqlite:///{root}/mlruns/mlflow.db",
+                   f"paths.mlflow_artifacts={root}/mlruns/artifacts", "candidates.batch_users=64", *overrides])
+    if edit is not None:
+        edit(raw)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    data = root / "data"
+    return {str(p.relative_to(data)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data.rglob("*")) if p.is_file() and "runs" not in p.relative_to(data).parts[:1]} \
+        if data.exists() else {}
+
+
+def run_stage(stage: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`python -m stages.<stage> <argv>` in this process: (exit code, stderr)."""
+    old = sys.argv
+    sys.argv = [f"stages/{stage}.py", *argv]
+    code = 0
+    try:
+        runpy.run_module(f"stages.{stage}", run_name="__main__", alter_sys=False)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+def _mix(text: str, every: int, times: int) -> str:
+    lines = text.splitlines()
+    out = [lines[0]]
+    for i, line in enumerate(lines[1:]):
+        f = line.split(",")
+        if i % every == 0:
+            f[-1] = str(int(f[-1]) * times)
+        out.append(",".join(f))
+    return "\n".join(out) + "\n"
+
+
+@dataclass
+class Case:
+    id: str
+    stage: str
+    expect: list[str]                     # regexes the message must match (file, column/line/key, fix)
+    files: dict[str, str | bytes | None] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+    edit: Callable[[dict], None] | None = None
+    prepare: str | None = None            # a built state: "split" (ingest + split) or "built" (up to candidates)
+    mutate: Callable[[Path], None] | None = None
+    argv: tuple[str, ...] = ()
+    own_path: bool = False                # data.path is given by the case, not the generated folder
+    run_first: tuple[str, ...] = ()       # stages to run (successfully) before the one under test
+
+
+def _set(path: str, value: object) -> Callable[[dict], None]:
+    def edit(raw: dict) -> None:
+        *parents, last = path.split(".")
+        d = raw
+        for p in parents:
+            d = d[p]
+        d[last] = value
+    return edit
+
+
+def _first_bytes_flip(rel: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        p = root / "data" / rel
+        b = bytearray(p.read_bytes())
+        b[len(b) // 2] ^= 0xFF
+        p.write_bytes(bytes(b))
+    return mutate
+
+
+def _remove(rel: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        target = root / "data" / rel
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return mutate
+
+
+def _add_file(rel: str) -> Callable[[Path], None]:
+    def mutate(root: Path) -> None:
+        (root / "data" / rel).write_bytes(b"left over")
+    return mutate
+
+
+ML = "data=movielens"
+CASES = [
+    # ---- the MovieLens folder
+    Case("missing-ratings", "ingest", [r"ratings\.csv: required file is missing", r"fix: point to a MovieLens"],
+         {"ratings_csv": None}, (ML,)),
+    Case("missing-movies", "ingest", [r"movies\.csv: required file is missing"], {"movies_csv": None}, (ML,)),
+    Case("empty-ratings", "ingest", [r"ratings\.csv: file is empty", r"header line 'userId,movieId,rating,timestamp'"],
+         {"ratings_csv": ""}, (ML,)),
+    Case("header-only", "ingest", [r"ratings\.csv.*has no rows", r"provide at least one ratings row"],
+         {"ratings_csv": "userId,movieId,rating,timestamp\n"}, (ML,)),
+    Case("renamed-column", "ingest", [r"column 'userId'.*found 'user_id'", r"rename column 'user_id' to 'userId'"],
+         {"ratings_csv": RATINGS.replace("userId", "user_id", 1)}, (ML,)),
+    Case("missing-column", "ingest", [r"column 'timestamp': is missing", r"add column 'timestamp'"],
+         {"ratings_csv": "\n".join(",".join(l.split(",")[:3]) for l in RATINGS.splitlines()) + "\n"}, (ML,)),
+    Case("word-rating", "ingest", [r"column 'rating'.*'four' \(line 3\)", r"fix:"],
+         {"ratings_csv": ratings_with(3, 2, "four")}, (ML,)),
+    Case("rating-out-of-range", "ingest", [r"column 'rating'.*outside \[0\.5, 5\.0\].*line", r"keep 'rating' within"],
+         {"ratings_csv": ratings_with(5, 2, "7.0")}, (ML,)),
+    Case("ten-point-scale", "ingest", [r"column 'rating'.*0-10|column 'rating'.*10-point|column 'rating'.*outside"],
+         {"ratings_csv": RATINGS.replace(",4.0,", ",8.0,").replace(",2.5,", ",6.0,")}, (ML,)),
+    Case("negative-timestamp", "ingest", [r"column 'timestamp': 1 negative value\(s\) at line\(s\) 9", r"fix:"],
+         {"ratings_csv": ratings_with(9, 3, "-5")}, (ML,)),
+    Case("mixed-seconds-ms", "ingest", [r"ratings\.csv: column 'timestamp': mixes units", r"milliseconds",
+                                        r"fix: write every timestamp as unix seconds"],
+         {"ratings_csv": _mix(RATINGS, 50, 1000)}, (ML,)),
+    Case("tags-mixed-units", "ingest", [r"tags\.csv: column 'timestamp': mixes units"],
+         {"tags_csv": "userId,movieId,tag,timestamp\n1,1,a,1000000100\n2,3,b,1000000200000\n"}, (ML,)),
+    Case("semicolons", "ingest", [r"ratings\.csv: the file is separated by ';', not ','", r"re-save it comma-separated"],
+         {"ratings_csv": RATINGS.replace(",", ";")}, (ML,)),
+    Case("tabs", "ingest", [r"ratings\.csv: the file is separated by (TAB|'\\t'|tabs)", r"comma-separated"],
+         {"ratings_csv": RATINGS.replace(",", "\t")}, (ML,)),
+    Case("latin1", "ingest", [r"movies\.csv: is not UTF-8: line 3", r"iconv -f latin1 -t utf-8"],
+         {"movies_csv": MOVIES.replace("Movie 2 ", "Amélie 2 ").encode("latin-1")}, (ML,)),
+    Case("extra-field", "ingest", [r"ratings\.csv: cannot be parsed: .*line 4 has 5", r"fix: make every line hold"],
+         {"ratings_csv": ratings_with(4, 0, "9", extra=True)}, (ML,)),
+    Case("open-quote", "ingest", [r"movies\.csv: cannot be parsed.*quote.*line", r"fix:"],
+         {"movies_csv": MOVIES.replace("Movie 5 (1955)", '"Movie 5 (1955)', 1)}, (ML,)),
+    Case("repeated-header", "ingest", [r"ratings\.csv: the header line is repeated at line\(s\) 6", r"fix:"],
+         {"ratings_csv": "\n".join(RATINGS.splitlines()[:5] + [RATINGS.splitlines()[0]] + RATINGS.splitlines()[5:])
+          + "\n"}, (ML,)),
+    Case("empty-user", "ingest", [r"column 'userId': 1 missing value\(s\) at line\(s\) 3", r"fill in 'userId'"],
+         {"ratings_csv": ratings_with(3, 0, "")}, (ML,)),
+    Case("duplicate-movie", "ingest", [r"movies\.csv: column 'movieId': 2 row\(s\) share a key", r"keep one row"],
+         {"movies_csv": MOVIES + "3,Again (1999),Drama\n"}, (ML,)),
+    Case("fractional-user", "ingest", [r"column 'userId'.*1\.5", r"valid Int32"],
+         {"ratings_csv": ratings_with(3, 0, "1.5")}, (ML,)),
+    Case("missing-title-column", "ingest", [r"movies\.csv: column 'title': is missing", r"add column 'title'"],
+         {"movies_csv": "movieId,genres\n1,Drama\n"}, (ML,)),
+    Case("utf16", "ingest", [r"ratings\.csv.*UTF-16", r"fix:"], {"ratings_csv": RATINGS.encode("utf-16")}, (ML,)),
+    Case("bare-cr", "ingest", [r"ratings\.csv.*(CR|carriage)", r"fix:"],
+         {"ratings_csv": RATINGS.replace("\n", "\r")}, (ML,)),
+    Case("no-folder", "ingest", [r"/nowhere: is not a folder", r"fix: point to a MovieLens folder"],
+         overrides=("data=movielens", "data.path=/nowhere"), own_path=True),
+    Case("dat-with-commas", "ingest", [r"ratings\.dat", r"'::'"],
+         {"ratings_csv": None, "movies_csv": None, "tags_csv": None,
+          "ratings_dat": "1,1,4,100\n", "movies_dat": "1::A (1999)::Drama\n"}, (ML,)),
+    Case("providers-duplicate", "ingest", [r"providers\.csv: 2 row\(s\) share a key \(movieId, provider\)",
+                                           r"keep one row"],
+         {"providers_csv": "movieId,provider\n1,netflix\n1,netflix\n"}, (ML,)),
+    Case("providers-missing-column", "ingest", [r"providers\.csv: column 'provider': is missing"],
+         {"providers_csv": "movieId\n1\n"}, (ML,)),
+    Case("bad-release", "ingest", [r"data\.release: must be a plain name"],
+         overrides=("data=download", "data.release=../../etc")),
+    # ---- the configuration
+    Case("alpha-nan", "evaluate", [r"alpha: must be a finite number, got nan", r"Fix the value"],
+         edit=_set("alpha", float("nan")), argv=("--fold", "tune")),
+    Case("weight-nan", "evaluate", [r"rerank\.w_quality: must be a finite number"],
+         edit=_set("rerank.w_quality", float("nan")), argv=("--fold", "tune")),
+    Case("threshold-nan", "split", [r"relevance_threshold: must be a finite number"],
+         edit=_set("relevance_threshold", float("nan"))),
+    Case("threshold-inf", "split", [r"relevance_threshold: must be a finite number, got inf"],
+         edit=_set("relevance_threshold", float("inf"))),
+    Case("grid-duplicate", "evaluate", [r"evaluate\.alphas\[2\]: 0\.35 is listed twice"],
+         edit=_set("evaluate.alphas", [0.35, 0.5, 0.35]), argv=("--fold", "tune")),
+    Case("alpha-out-of-range", "evaluate", [r"alpha: 1\.5 must be <= 1\.0"], edit=_set("alpha", 1.5),
+         argv=("--fold", "tune")),
+    Case("unknown-key", "split", [r"surprise: unknown key"], edit=_set("surprise", 1)),
+    Case("zero-test-frac", "split", [r"split\.test_frac: 0\.0 must be > 0\.0"], edit=_set("split.test_frac", 0.0)),
+    Case("weights-over-one", "evaluate", [r"rerank\.w_quality \+ w_recency \+ w_provider: must be <= 1"],
+         edit=_set("rerank.w_quality", 0.99), argv=("--fold", "tune")),
+    Case("ks-without-10", "evaluate", [r"evaluate\.ks: must contain 10"], edit=_set("evaluate.ks", [5, 20]),
+         argv=("--fold", "tune")),
+    Case("string-for-int", "cf_load", [r"cf_load\.factors: expected an integer, got 'ten'"],
+         edit=_set("cf_load.factors", "ten"), argv=("--fold", "test")),
+    Case("bad-fold", "candidates", [r"--fold: expected one of tune, test"], argv=("--fold", "validation")),
+    # ---- the pipeline's own artifacts
+    Case("nothing-relevant", "split", [r"relevance_threshold: no test rating is >= 4\.0 \(its ratings range 2\.5 \.\. "
+                                       r"3\.0\)", r"lower relevance_threshold"],
+         {"ratings_csv": RATINGS.replace(",4.0,", ",3.0,")}, (ML,), run_first=("ingest",)),
+    Case("split-missing", "embed_load", [r"embed_load@test: its input split@test .* does not exist",
+                                         r"dvc repro split"], overrides=("data.preset=tiny",), prepare="ingest",
+         argv=("--fold", "test")),
+    Case("changed-embedding", "candidates", [r"candidates@test: its input embed_load@test .* does not match its "
+                                             r"manifest: embeddings\.npy was changed", r"dvc repro embed-load@test"],
+         overrides=("data.preset=tiny",), prepare="built", mutate=_first_bytes_flip("embed_load/test/embeddings.npy"),
+         argv=("--fold", "test")),
+    Case("interrupted-cf", "candidates", [r"cf_load@tune .* is incomplete: no manifest\.json",
+                                          r"dvc repro cf-load@tune"],
+         overrides=("data.preset=tiny",), prepare="built", mutate=_remove("cf_load/tune/manifest.json"),
+         argv=("--fold", "tune")),
+    Case("leftover-pool", "evaluate", [r"candidates@tune .* unlisted file\(s\) pools/part-00099\.parquet",
+                                       r"dvc repro candidates@tune"],
+         overrides=("data.preset=tiny",), prepare="built", mutate=_add_file("candidates/tune/pools/part-00099.parquet"),
+         argv=("--fold", "tune")),
+    Case("test-before-tune", "evaluate", [r"evaluate@test: its input evaluate@tune .* does not exist",
+                                          r"dvc repro evaluate@tune"],
+         overrides=("data.preset=tiny",), prepare="built", argv=("--fold", "test")),
+    Case("truncated-users", "evaluate", [r"candidates@tune .* users\.parquet has \d+ bytes, the manifest says",
+                                         r"dvc repro candidates@tune"],
+         overrides=("data.preset=tiny",), prepare="built",
+         mutate=lambda root: (root / "data/candidates/tune/users.parquet").write_bytes(
+             (root / "data/candidates/tune/users.parquet").read_bytes()[:-10]), argv=("--fold", "tune")),
+    Case("unwritable-output", "split", [r"split@test: cannot write its output folder .*/data/split",
+                                        r"make the folder writable, or set paths\.split"],
+         overrides=("data.preset=tiny",), prepare="ingest",  # (root ignores chmod: a file where the folder goes)
+         mutate=lambda root: (root / "data/split").write_text("not a folder")),
+    Case("precomputed-missing", "embed_load", [r"vectors\.npy: does not exist", r"fix embed_load\.vectors"],
+         overrides=("data.preset=tiny", "embed_load.encoder=precomputed", "embed_load.vectors=/nope/vectors.npy"),
+         prepare="split", argv=("--fold", "test")),
+]
+
+
+@pytest.fixture(scope="module")
+def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Built data folders to copy per case: after ingest, after split, up to candidates."""
+    from recopt.config import read_params
+    from recopt.ingest import ingest
+    from recopt.split import run_split
+    from tests.conftest import build_folds
+
+    out = {}
+    root = tmp_path_factory.mktemp("state")
+    cfg = read_params(params_file(root, "data.preset=tiny"))
+    ingest(cfg)
+    out["ingest"] = root / "after-ingest"
+    shutil.copytree(root / "data", out["ingest"])
+    run_split(cfg)
+    out["split"] = root / "after-split"
+    shutil.copytree(root / "data", out["split"])
+    build_folds(cfg)
+    out["built"] = root / "data"
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_stops_cleanly_and_changes_nothing(case: Case, tmp_path: Path, states: dict[str, Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    overrides = list(case.overrides)
+    if ML in overrides and not case.own_path:
+        overrides.append(f"data.path={ml_folder(tmp_path, **case.files)}")
+    params = params_file(tmp_path, *overrides, edit=case.edit)
+    if case.prepare:
+        shutil.copytree(states[case.prepare], tmp_path / "data")
+    for stage in case.run_first:
+        assert run_stage(stage, ["--params", str(params)], capsys)[0] == 0
+    if case.mutate:
+        case.mutate(tmp_path)
+    before = snapshot(tmp_path)
+    code, err = run_stage(case.stage, ["--params", str(params), *case.argv], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith("error: "), err
+    for pattern in case.expect:
+        assert re.search(pattern, err, re.S), f"{pattern!r} not in:\n{err}"
+    assert snapshot(tmp_path) == before, "the failed stage changed files under data/"
+    leftovers = [p for p in (tmp_path / "data").rglob(".*staging*")] if (tmp_path / "data").exists() else []
+    assert not leftovers
+
+
+def test_the_catalogue_is_large_enough() -> None:
+    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+
+
+def test_clean_errors_in_real_processes(tmp_path: Path) -> None:
+    """The same one-message exit from real `python -m` processes, from Hydra mode and through `dvc repro`."""
+    folder = ml_folder(tmp_path, ratings_csv=RATINGS.replace(",", ";"))
+    params = params_file(tmp_path, ML, f"data.path={folder}")
+    env = tool_env()
+    proc = subprocess.run([sys.executable, "-m", "stages.ingest", "--params", str(params)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "separated by ';'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "stages.evaluate", "alpha=nan"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "alpha: must be a finite number" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    repo = copy_repo(tmp_path / "repo")
+    proc = subprocess.run(["dvc", "exp", "run", "-S", "data=movielens", "-S", f"data.path={folder}"], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "separated by ';'" in text and "Traceback" not in text
+    proc = subprocess.run([sys.executable, "-m", "stages.ingest", "--params", str(params)], cwd=ROOT,
+                          env={**env, "RECOPT_DEBUG": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr  # the debug switch shows it
+
+
+def test_ml_latest_small_reads_after_each_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real release passes every check (the catalogue's rules do not reject real data)."""
+    if not (ML_SMALL / "ratings.csv").exists():
+        pytest.skip("ml-latest-small not available")
+    params = params_file(tmp_path, ML, f"data.path={ML_SMALL}")
+    code, err = run_stage("ingest", ["--params", str(params)], capsys)
+    assert code == 0, err
+    assert pl.read_parquet(tmp_path / "data/ingest/ratings.parquet").height == 100_836
