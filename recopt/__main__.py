@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from recopt.artifacts import open_artifact
@@ -25,14 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = read_params(args.params)
-        alpha, beta = args.alpha, None
-        if alpha is None:
-            try:  # the choices of the tune fold, when it has been evaluated
-                sel = open_artifact(cfg.paths, "evaluate", "tune", reader="recommend").json("selection")
-                alpha, beta = sel["alpha"]["chosen"], sel["cold_start"]["beta"]
-            except RecoptError:
-                alpha = cfg.alpha
-        out = recommend(cfg, args.user, alpha, args.k, args.fold, beta)
+        alpha, rerank = args.alpha, cfg.rerank
+        try:  # the choices made on validation, when the tune fold has been evaluated
+            sel = open_artifact(cfg.paths, "evaluate", "tune", reader="recommend").json("selection")
+            cs = sel["cold_start"]
+            rerank = dataclasses.replace(rerank, cold_beta=cs["beta"], cold_prior=cs["prior"],
+                                         cold_mmr_lambda=cs["mmr_lambda"])
+            alpha = sel["alpha"]["chosen"] if alpha is None else alpha
+        except RecoptError:
+            alpha = cfg.alpha if alpha is None else alpha
+        out = recommend(cfg, args.user, alpha, args.k, args.fold, rerank)
     except (ConfigError, RecoptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

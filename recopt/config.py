@@ -130,6 +130,7 @@ class RerankConfig:
     missing_collab: str
     cold_beta: float
     cold_prior: str
+    cold_mmr_lambda: float | None
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class EvaluateConfig:
     refine: bool
     cold_betas: list[float]
     cold_priors: list[str]
+    cold_mmr_lambdas: list[float]
     ks: list[int]
     baselines: list[str]
     references: list[str]
@@ -266,9 +268,12 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     check_value(problems, "rerank.missing_collab", r.missing_collab, choices=MISSING_COLLAB)
     check_value(problems, "rerank.cold_beta", r.cold_beta, low=0.0, high=1.0)
     check_value(problems, "rerank.cold_prior", r.cold_prior, choices=COLD_PRIORS)
+    if r.cold_mmr_lambda is not None:
+        check_value(problems, "rerank.cold_mmr_lambda", r.cold_mmr_lambda, low=0.0, high=1.0)
     v = c.evaluate
     check_value(problems, "evaluate.fold", v.fold, choices=FOLDS)
     for key, values, low, high in (("alphas", v.alphas, 0.0, 1.0), ("cold_betas", v.cold_betas, 0.0, 1.0),
+                                   ("cold_mmr_lambdas", v.cold_mmr_lambdas, 0.0, 1.0),
                                    ("ks", v.ks, 1, r.k_final), ("ease_lambdas", v.ease_lambdas, 0.0, None),
                                    ("knn_ks", v.knn_ks, 1, None)):
         if not values:

@@ -4,8 +4,8 @@ A *part* is one ranking method applied to the users it serves:
 
 * ``alpha=<a>``: the hybrid (``a``·content + (1−``a``)·collab), secondary signals and MMR,
   for users with a CF factor;
-* ``cold:beta=<b>:<prior>``: the cold-start rule ((1−b)·content + b·prior), signals and
-  MMR, for users without one;
+* ``cold:beta=<b>:<prior>:mmr=<l>``: the cold-start rule ((1−b)·content + b·prior), signals
+  and MMR with weight l, for users without one;
 * ``baseline=<name>``: popularity (most-rated unseen items of the whole catalog),
   random (uniformly drawn unseen catalog items), cf_only (the pool ranked by collab
   alone) and content_only (the pool ranked by content alone), for every user; an item
@@ -47,13 +47,14 @@ class Part:
     kind: str                  # alpha | cold | baseline | reference
     value: float | None = None  # alpha, beta, EASE lambda or kNN k
     method: str | None = None   # cold prior, baseline or reference name
+    mmr: float | None = None    # cold parts: their MMR weight (None: rerank.mmr_lambda)
 
     @property
     def name(self) -> str:
         if self.kind == ALPHA:
             return f"alpha={self.value!r}"
         if self.kind == COLD:
-            return f"cold:beta={self.value!r}:{self.method}"
+            return f"cold:beta={self.value!r}:{self.method}" + ("" if self.mmr is None else f":mmr={self.mmr!r}")
         if self.kind == BASELINE:
             return f"baseline={self.method}"
         param = "lambda" if self.method == "ease" else "k"
@@ -255,7 +256,8 @@ def rank_part(shared: Shared, part: Part, users: NDArray[np.int64], norm: Normal
         beta = part.value if part.kind == COLD else 0.0
         prior = shared.priors[part.method or r.cold_prior]
         _, final = served_scores(n, float(alpha or 0.0), float(beta or 0.0), prior, r)
-        ranked = rank_pools(n.rows, n.items, final, shared.mmr, k, r.mmr_lambda, r.mmr_pool)
+        lam = r.mmr_lambda if part.mmr is None else part.mmr
+        ranked = rank_pools(n.rows, n.items, final, shared.mmr, k, lam, r.mmr_pool)
     return _place(users, ranked, k)
 
 

@@ -14,7 +14,7 @@ import polars as pl
 
 from recopt.artifacts import HELDOUT, open_artifact
 from recopt.candidates import SOURCES
-from recopt.config import Config
+from recopt.config import Config, RerankConfig
 from recopt.errors import RecoptError
 from recopt.pools import read_pool
 from recopt.rerank import rank_pools
@@ -35,8 +35,9 @@ class Recommendation:
 
 
 def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fold: str = "test",
-              beta: float | None = None) -> Recommendation:
-    """The ranked list of `user_id` (a MovieLens userId) at `alpha`, one row per item."""
+              rerank: RerankConfig | None = None) -> Recommendation:
+    """The ranked list of `user_id` (a MovieLens userId) at `alpha`, one row per item; `rerank`
+    replaces cfg.rerank (e.g. with the cold-start settings chosen on validation)."""
     if not 0.0 <= alpha <= 1.0:
         raise RecoptError(f"--alpha: {alpha} must be in [0, 1]")
     reader = "recommend"
@@ -56,12 +57,14 @@ def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fol
     pool = {name: col[keep] for name, col in pool.items()}
     items_tbl = cand.parquet("items")
     movies = ingest.parquet("movies", columns=["movieId", "title"])
-    rerank = cfg.rerank if beta is None else type(cfg.rerank)(**{**cfg.rerank.__dict__, "cold_beta": beta})
+    rerank = rerank or cfg.rerank
     prior = prior_signal(rerank.cold_prior, items_tbl["quality"].to_numpy(), items_tbl["popularity"].to_numpy())
     rows, items = pool["user"], pool["item"]
     s = score_pool(rows, items, pool["collab"], pool["content"], pool["provider"], items_tbl["quality"].to_numpy(),
                    items_tbl["recency"].to_numpy(), prior, alpha, rerank)
-    r = rank_pools(rows, items, s.final, embed.npy("mmr"), k or rerank.k_final, rerank.mmr_lambda, rerank.mmr_pool)
+    lam = rerank.cold_mmr_lambda if not bool(row["has_cf"][0]) and rerank.cold_mmr_lambda is not None \
+        else rerank.mmr_lambda
+    r = rank_pools(rows, items, s.final, embed.npy("mmr"), k or rerank.k_final, lam, rerank.mmr_pool)
     pos = r.positions[0][r.positions[0] >= 0] if len(r.users) else np.zeros(0, np.int64)
     flags = pool["source"][pos]
     movie_ids = items_tbl["movieId"].to_numpy()[items[pos]]

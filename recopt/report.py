@@ -196,8 +196,8 @@ def selection_lines(sel: dict[str, Any]) -> list[str]:
     lines.append("- adaptive alpha per slice: " + ", ".join(
         f"{s} = {v!r}" if v is not None else f"{s}: no user with a CF factor" for s, v in sel["adaptive"].items()))
     cs = sel["cold_start"]
-    lines.append(f"- cold start: beta* = {cs['beta']!r}, prior = {cs['prior']} ({cs['users']} users without a "
-                 "CF factor; beta = 0 is content only).")
+    lines.append(f"- cold start: beta* = {cs['beta']!r}, prior = {cs['prior']}, MMR weight {cs['mmr_lambda']!r} "
+                 f"({cs['users']} users without a CF factor; beta = 0 is content only).")
     lines.append(f"- best baseline: {sel['baseline']['chosen']}; cold-slice comparator: {sel['cold_comparator']}.")
     for name, ref in sel["references"].items():
         setting = {k: v for k, v in ref.items() if k != "recall@10"}

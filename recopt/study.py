@@ -50,8 +50,8 @@ def grid(cfg: Config) -> list[float]:
 def tune_parts(cfg: Config) -> tuple[Part, ...]:
     v = cfg.evaluate
     alphas = sorted(set(grid(cfg)) | set(ENDPOINTS))
-    cold = [Part(COLD, 0.0, v.cold_priors[0])]  # beta = 0 ignores the prior
-    cold += [Part(COLD, b, prior) for b in sorted(v.cold_betas) if b > 0 for prior in v.cold_priors]
+    cold = [Part(COLD, b, prior, lam) for lam in v.cold_mmr_lambdas for b in sorted(v.cold_betas)
+            for prior in (v.cold_priors[:1] if b == 0 else v.cold_priors)]  # beta = 0 ignores the prior
     refs = [Part(REFERENCE, lam, "ease") for lam in v.ease_lambdas if "ease" in v.references]
     refs += [Part(REFERENCE, float(k), "itemknn") for k in v.knn_ks if "itemknn" in v.references]
     return (*[Part(ALPHA, a) for a in alphas], *cold, *[Part(BASELINE, method=b) for b in v.baselines], *refs)
@@ -68,8 +68,10 @@ def _pass(cfg: Config, data: EvalData, parts: tuple[Part, ...], deadline: float,
     return result
 
 
-def _cold_part(parts: dict[str, Any], beta: float, prior: str) -> Any:
-    return parts[Part(COLD, beta, prior).name]
+def cold_part(sel: dict[str, Any]) -> Part:
+    """The cold-start part chosen on validation."""
+    cs = sel["cold_start"]
+    return Part(COLD, float(cs["beta"]), cs["prior"], cs["mmr_lambda"])
 
 
 def alpha_run(data: EvalData, parts: dict[str, Any], alpha: float, cold: Any, kind: str = ALPHA) -> Run:
@@ -97,8 +99,7 @@ def _select(cfg: Config, data: EvalData, parts: dict[str, Any], alphas: list[flo
     best_cold = choose([(r, r.summary, True) for r in cold_runs]) if any(len(r.users) for r in cold_runs) \
         else cold_runs[0]
     chosen_part = cold_parts[cold_runs.index(best_cold)].part
-    beta, prior = float(chosen_part.value or 0.0), chosen_part.method or cfg.rerank.cold_prior
-    cold = _cold_part(parts, beta, prior)
+    cold = parts[chosen_part.name]
     runs = {a: alpha_run(data, parts, a, cold) for a in alphas}
     alpha_star = choose([(a, r.summary, r.complete) for a, r in runs.items()])
     per_slice: dict[str, float | None] = {}
@@ -133,7 +134,7 @@ def _select(cfg: Config, data: EvalData, parts: dict[str, Any], alphas: list[flo
         "alpha": {"chosen": alpha_star, "grid": alphas, "edge": edge(alphas, alpha_star) if alpha_star is not None
                   else None, "recall@10": {repr(a): r.summary["recall@10"] for a, r in runs.items()}},
         "adaptive": per_slice,
-        "cold_start": {"beta": beta, "prior": prior,
+        "cold_start": {"beta": chosen_part.value, "prior": chosen_part.method, "mmr_lambda": chosen_part.mmr,
                        "users": int(len(best_cold.users)) if best_cold is not None else 0,
                        "recall@10": {r.name: r.summary["recall@10"] for r in cold_runs}},
         "baseline": {"chosen": best_base, "recall@10": {n: r.summary["recall@10"] for n, r in base.items()}},
@@ -162,7 +163,7 @@ def run_tune(cfg: Config) -> FoldResult:
             alphas = sorted(alphas + extra)
             selection = _select(cfg, data, all_parts, alphas)
             selection["alpha"]["refined"] = extra
-    cold = _cold_part(all_parts, selection["cold_start"]["beta"], selection["cold_start"]["prior"])
+    cold = all_parts[cold_part(selection).name]
     runs = [alpha_run(data, all_parts, a, cold) for a in alphas]
     runs += [alpha_run(data, all_parts, a, cold, kind="endpoint") for a in ENDPOINTS]
     runs += [join(p.part.name, COLD, [(p, None)], data) for p in all_parts.values() if p.part.kind == COLD]
@@ -174,8 +175,7 @@ def run_tune(cfg: Config) -> FoldResult:
 def test_parts(cfg: Config, sel: dict[str, Any]) -> tuple[Part, ...]:
     alphas = sorted(set(grid(cfg)) | set(ENDPOINTS) | {sel["alpha"]["chosen"]}
                     | {a for a in sel["adaptive"].values() if a is not None})
-    cs = sel["cold_start"]
-    cold = {Part(COLD, float(cs["beta"]), cs["prior"]), Part(COLD, 0.0, cs["prior"])}
+    cold = {cold_part(sel), Part(COLD, 0.0, cfg.evaluate.cold_priors[0], cfg.rerank.mmr_lambda)}  # + the seed rule
     refs = [Part(REFERENCE, float(sel["references"]["ease"]["lambda"]), "ease")] if "ease" in sel["references"] else []
     refs += [Part(REFERENCE, float(sel["references"]["itemknn"]["k"]), "itemknn")] if "itemknn" in sel["references"] else []
     return (*[Part(ALPHA, a) for a in alphas], *sorted(cold, key=lambda p: p.value or 0.0),
@@ -199,8 +199,7 @@ def run_test(cfg: Config) -> FoldResult:
     data = load_eval_data(cfg, "test", reader="evaluate@test")
     result = _pass(cfg, data, test_parts(cfg, sel), deadline, "report")
     parts = result.parts
-    cs = sel["cold_start"]
-    cold = parts[Part(COLD, float(cs["beta"]), cs["prior"]).name]
+    cold = parts[cold_part(sel).name]
     alphas = sorted(set(grid(cfg)) | {sel["alpha"]["chosen"]})
     runs = [alpha_run(data, parts, a, cold) for a in alphas]
     runs.append(adaptive_run(data, parts, sel["adaptive"], cold))
@@ -213,7 +212,7 @@ def run_test(cfg: Config) -> FoldResult:
 
 def _mark(runs: list[Run], sel: dict[str, Any]) -> None:
     """Say how each row was chosen (on validation) or that it is information only."""
-    a, cs = sel["alpha"]["chosen"], sel["cold_start"]
+    a = sel["alpha"]["chosen"]
     refs = sel["references"]
     for r in runs:
         if r.kind == ALPHA:
@@ -223,7 +222,7 @@ def _mark(runs: list[Run], sel: dict[str, Any]) -> None:
         elif r.kind == "endpoint":
             r.chosen = "endpoint (information)"
         elif r.kind == COLD:
-            chosen = r.name == Part(COLD, float(cs["beta"]), cs["prior"]).name
+            chosen = r.name == cold_part(sel).name
             r.chosen = "beta* (validation)" if chosen else "cold-start grid (information)"
         elif r.kind == BASELINE:
             best = r.name == sel["baseline"]["chosen"]

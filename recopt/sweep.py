@@ -223,7 +223,9 @@ def evaluate_job(cfg: Config, fold: str, sweep_dir: Path | None, job_num: int | 
     returns its Recall@10, the value an optimising sweeper maximises."""
     started = time.time()
     data = load_eval_data(cfg, fold, reader=f"evaluate@{fold} (sweep job)")
-    parts = (Part(ALPHA, cfg.alpha), Part(COLD, cfg.rerank.cold_beta, cfg.rerank.cold_prior))
+    r = cfg.rerank
+    parts = (Part(ALPHA, cfg.alpha), Part(COLD, r.cold_beta, r.cold_prior,
+                                          r.mmr_lambda if r.cold_mmr_lambda is None else r.cold_mmr_lambda))
     deadline = time.perf_counter() + cfg.evaluate.time_limit_alpha_s
     p = evaluate_parts(cfg, data, parts, deadline=deadline, desc=f"alpha={cfg.alpha!r}")
     run = alpha_run(data, p.parts, cfg.alpha, p.parts[parts[1].name])

@@ -122,8 +122,9 @@ def test_load_hybrid_inputs_and_manifest(built: Config, fold: str):
     assert c["items_content_and_cf"] + c["items_cf_only"] == inputs.item_has_cf.sum()
     assert c["users_with_cf"] + c["users_without_cf"] == n_users and c["users_without_cf"] > 0
     assert manifest["arrays"]["embeddings"] == {"shape": list(inputs.embeddings.shape), "dtype": "float32"}
-    assert manifest["files"]["embed_load.embeddings"].endswith(f"embed_load/{fold}/embeddings.npy")
-    assert manifest["files"]["users"].endswith(f"split/{fold}/users.parquet")
+    # artifact labels, never absolute paths (an artifact's bytes must not depend on where it lives)
+    assert manifest["files"]["embed_load.embeddings"] == f"embed_load@{fold}/embeddings.npy"
+    assert manifest["files"]["users"] == f"split@{fold}/users.parquet"
 
 
 def test_a_shuffled_item_id_file_is_caught(copy: Config):

@@ -4,6 +4,8 @@ held-out interactions, and the printed layout (header, MMR note, 120 columns, --
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import numpy as np
@@ -18,6 +20,10 @@ from recopt.errors import RecoptError
 from recopt.recommend import Recommendation, format_recommendation, recommend
 
 MARK = "✓"
+
+
+def _beta(cfg: Config, beta: float | None):
+    return None if beta is None else dataclasses.replace(cfg.rerank, cold_beta=beta)
 
 
 def _pool_users(cfg: Config, fold: str = "test") -> pl.DataFrame:
@@ -112,7 +118,7 @@ def test_recommend_is_the_evaluate_ranking(tiny_built: Config, has_cf: bool) -> 
     user = _user(tiny_built, has_cf)
     for alpha, beta in ((0.5, 0.25), (0.8, 1.0)):
         expected = _evaluate_list(tiny_built, user, alpha, beta)
-        got = recommend(tiny_built, user, alpha, beta=beta).table["movieId"].to_numpy()
+        got = recommend(tiny_built, user, alpha, rerank=_beta(tiny_built, beta)).table["movieId"].to_numpy()
         np.testing.assert_array_equal(got, expected)
 
 
@@ -120,7 +126,7 @@ def test_alpha_moves_a_warm_list_and_beta_moves_a_cold_list(tiny_built: Config) 
     warm, cold = _user(tiny_built, True), _user(tiny_built, False)
 
     def items(user: int, alpha: float, beta: float) -> list[int]:
-        return recommend(tiny_built, user, alpha, 20, beta=beta).table["movieId"].to_list()
+        return recommend(tiny_built, user, alpha, 20, rerank=_beta(tiny_built, beta)).table["movieId"].to_list()
 
     assert items(warm, 0.0, 0.0) != items(warm, 1.0, 0.0)
     assert items(warm, 0.3, 0.0) == items(warm, 0.3, 1.0)   # beta is for users without collab
@@ -139,7 +145,7 @@ def test_recommend_names_a_user_without_a_pool_and_a_bad_alpha(tiny_built: Confi
 
 
 def _formatted(cfg: Config, has_cf: bool, show_hits: bool) -> tuple[Recommendation, str]:
-    rec = recommend(cfg, _user(cfg, has_cf), 0.7, 20, beta=0.25)
+    rec = recommend(cfg, _user(cfg, has_cf), 0.7, 20, rerank=_beta(cfg, 0.25))
     return rec, format_recommendation(rec, show_hits)
 
 

@@ -22,7 +22,7 @@ def _rerank(w_quality: float = 0.0, w_recency: float = 0.0, w_provider: float = 
             missing_collab: str = "user_mean", cold_beta: float = 0.0, cold_prior: str = "popularity") -> RerankConfig:
     return RerankConfig(w_quality=w_quality, w_recency=w_recency, w_provider=w_provider, mmr_lambda=0.0,
                         k_final=10, mmr_pool=10, missing_collab=missing_collab, cold_beta=cold_beta,
-                        cold_prior=cold_prior)
+                        cold_prior=cold_prior, cold_mmr_lambda=None)
 
 
 def _f32(*values: float) -> np.ndarray:
