@@ -93,14 +93,13 @@ def _curve(table: pl.DataFrame) -> pl.DataFrame:
 
 def evaluate_fold(cfg: Config, fold: str) -> dict[str, Any]:
     """The evaluate stage for `fold`: every output, the MLflow runs, the console summary."""
-    result = run_tune(cfg) if fold == "tune" else run_test(cfg)
-    data, runs, sel = result.data, result.runs, result.selection
-    skipped = sum(data.skipped.values())
-    table = runs_table(runs, skipped)
-    gates, interval_table = None, None
-    star = next(r for r in runs if r.chosen == "alpha* (validation)") if sel["alpha"]["chosen"] is not None else None
     reader = f"evaluate@{fold}"
-    with output(cfg, "evaluate", fold) as out:
+    with output(cfg, "evaluate", fold) as out:  # open from the start: its run facts time the whole stage
+        result = run_tune(cfg) if fold == "tune" else run_test(cfg)
+        data, runs, sel = result.data, result.runs, result.selection
+        table = runs_table(runs, sum(data.skipped.values()))
+        gates, interval_table = None, None
+        star = next((r for r in runs if r.chosen == "alpha* (validation)"), None)
         out.uses(data.candidates, data.split)
         table.write_csv(out.path("runs"))
         tuning_table(table).write_csv(out.path("tuning_results"))
@@ -124,14 +123,14 @@ def evaluate_fold(cfg: Config, fold: str) -> dict[str, Any]:
         notes = [] if fold == "test" else ["Every choice below is made here, on validation; the test fold only "
                                            "reports on it."]
         write_report(out, fold, table, slices, sel, gates, interval_table, data.skipped, notes)
-        out.summary = {"selection": sel, "runs": len(runs), "users_eval": int(star.summary["users_eval"])
-                       if star is not None else 0}
+        out.summary = {"selection": sel, "runs": len(runs),
+                       "users_eval": int(star.summary["users_eval"]) if star is not None else 0}
         out.timings = {f"pass{i}": p.seconds for i, p in enumerate(result.passes)} | \
             {f"fit:{k}": v for p in result.passes for k, v in p.fit_seconds.items()} | \
             {f"alpha_time_sec:{r.name}": r.seconds for r in runs}
     _write_dvc_metrics(cfg, fold, table, gates, sel)
     _track(cfg, result, table, slices, gates, interval_table, out.root, kind="dvc")
-    _print_summary(fold, table, star, gates, out.root / "report.md")
+    _print_summary(cfg, fold, table, star, gates, out.root / "report.md")
     return gates or {}
 
 
@@ -202,7 +201,7 @@ def _track(cfg: Config, result: FoldResult, table: pl.DataFrame, slices: pl.Data
     tracking.log_family(cfg, parent, children, ds)
 
 
-def _print_summary(fold: str, table: pl.DataFrame, star: Run | None, gates: dict[str, Any] | None,
+def _print_summary(cfg: Config, fold: str, table: pl.DataFrame, star: Run | None, gates: dict[str, Any] | None,
                    report: Path) -> None:
     heldout = HELDOUT[fold]
     print(f"\nevaluate@{fold} — runs on {heldout} (* = alpha* chosen on validation)")
@@ -210,7 +209,9 @@ def _print_summary(fold: str, table: pl.DataFrame, star: Run | None, gates: dict
     if gates is not None:
         for line in gate_lines(gates):
             print(line)
-    print(f"report: {report}\n", flush=True)
+    print(f"report: {report}")
+    print(f"MLflow: `mlflow ui --backend-store-uri {cfg.paths.mlflow_uri}`, then {tracking.ui_url(cfg)}\n",
+          flush=True)
 
 
 # --------------------------------------------------------------------------- Hydra sweeps
@@ -272,5 +273,7 @@ def compare_sweep(cfg: Config, sweep_dir: Path) -> pl.DataFrame:
     print(f"\nsweep on {HELDOUT[fold]} — compared on the {len(users)} users every run finished "
           "(* = best complete alpha)")
     print(console_table(table, best))
-    print(f"comparison: {sweep_dir / 'comparison.csv'}\n", flush=True)
+    print(f"comparison: {sweep_dir / 'comparison.csv'}")
+    print(f"MLflow: `mlflow ui --backend-store-uri {cfg.paths.mlflow_uri}`, then {tracking.ui_url(cfg)}\n",
+          flush=True)
     return table

@@ -9,13 +9,20 @@ alpha, baseline and reference. The only module that imports mlflow.
   is tagged with this host and process id, and a RUNNING run whose process is gone
   (killed while logging) is marked FAILED the next time anything logs.
 * Each run records its input dataset (name, source, digest) with ``log_inputs``.
+* A saved runs-table view (MLflow >= 3.15 stores them as experiment tags) shows the key
+  metrics, alpha, fold and how each row was chosen;
+  :func:`ui_url` is the link that opens it on the training-runs page.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import subprocess
+import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,10 @@ from recopt.metrics import mlflow_key
 SWEEP_TAG = "recopt.sweep"
 KIND_TAG = "mlflow.experimentKind"
 KIND = "custom_model_development"
+VIEW_TAG = "mlflow.sharedViewState.recopt"  # the UI's saved-view tag prefix + this view's id
+VIEW_METRICS = ("recall_at_10", "map_at_10", "ndcg_at_10", "coverage_at_10", "novelty_at_10", "pool_recall")
+VIEW_PARAMS = ("alpha", "fold")
+VIEW_TAGS = ("recopt.chosen",)
 
 
 @dataclass
@@ -136,6 +147,26 @@ def _log_one(client: Any, exp_id: str, rec: RunRecord, dataset: DatasetInfo | No
     return run_id
 
 
+def _save_view(client: Any, exp_id: str) -> None:
+    """The saved view: the dataset, key metric, param and tag columns (the UI does not share which
+    parents are expanded)."""
+    cols = ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in VIEW_METRICS),
+            *(f"params.`{p}`" for p in VIEW_PARAMS), *(f"tags.`{t}`" for t in VIEW_TAGS)]
+    state = json.dumps({"selectedColumns": cols}, separators=(",", ":"))
+    envelope = {"name": "recopt: key metrics", "createdAt": int(time.time() * 1000),
+                "state": "deflate;" + base64.b64encode(zlib.compress(state.encode())).decode("ascii")}
+    client.set_experiment_tag(exp_id, VIEW_TAG, json.dumps(envelope, separators=(",", ":")))
+
+
+def ui_url(cfg: Config, host: str = "http://127.0.0.1:5000") -> str:
+    """Where `mlflow ui` shows the runs of the experiment in the saved view."""
+    from mlflow.tracking import MlflowClient
+
+    exp = MlflowClient(tracking_uri=cfg.paths.mlflow_uri).get_experiment_by_name(cfg.evaluate.experiment)
+    exp_id = exp.experiment_id if exp is not None else "0"
+    return f"{host}/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey=recopt"
+
+
 def log_family(cfg: Config, parent: RunRecord, children: list[RunRecord], dataset: DatasetInfo | None) -> str:
     """Log a parent run and its children (nested); returns the parent's run id."""
     import mlflow
@@ -150,4 +181,5 @@ def log_family(cfg: Config, parent: RunRecord, children: list[RunRecord], datase
         parent_id = _log_one(client, exp_id, parent, dataset, common)
         for child in children:
             _log_one(client, exp_id, child, dataset, {**common, "mlflow.parentRunId": parent_id})
+        _save_view(client, exp_id)
     return parent_id

@@ -3,8 +3,10 @@ temporary repo copies."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
+import zlib
 from pathlib import Path
 
 import polars as pl
@@ -104,6 +106,9 @@ def test_mlflow_holds_parents_children_params_datasets_and_artifacts(tiny_repo: 
     client = _client(tiny_repo)
     exp = client.get_experiment_by_name("recopt")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp.tags["mlflow.sharedViewState.recopt"])  # the saved view the printed link opens
+    state = json.loads(zlib.decompress(base64.b64decode(view["state"].removeprefix("deflate;"))))
+    assert view["name"] == "recopt: key metrics" and "metrics.`recall_at_10`" in state["selectedColumns"]
     runs = _runs(tiny_repo)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
