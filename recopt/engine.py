@@ -130,7 +130,7 @@ class RayEngine(Engine):
                                   "start the cluster (`ray start --head`) or set engine.ray.address=null "
                                   "for a local Ray") from None
         self.remote = ray.remote(num_cpus=cfg.ray.num_cpus_per_task, max_retries=cfg.ray.max_retries,
-                                 retry_exceptions=False)(_in_ray_worker)
+                                 retry_exceptions=False, scheduling_strategy="SPREAD")(_in_ray_worker)
 
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, tasks: Iterable[Any], *, desc: str,
             total: int | None = None, deadline: float | None = None) -> Iterator[Any]:
