@@ -147,6 +147,7 @@ class EvaluateConfig:
     ease_lambdas: list[float]
     ease_max_items: int
     knn_ks: list[int]
+    reference_tuning_users: int
     time_limit_alpha_s: float
     time_limit_total_s: float
     bootstrap_samples: int
@@ -294,6 +295,7 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     if not v.cold_priors:
         problems.append("evaluate.cold_priors: must list at least one prior")
     check_value(problems, "evaluate.ease_max_items", v.ease_max_items, low=2)
+    check_value(problems, "evaluate.reference_tuning_users", v.reference_tuning_users, low=0)
     check_value(problems, "evaluate.time_limit_alpha_s", v.time_limit_alpha_s, low=0.0, low_open=True)
     check_value(problems, "evaluate.time_limit_total_s", v.time_limit_total_s, low=0.0, low_open=True)
     check_value(problems, "evaluate.bootstrap_samples", v.bootstrap_samples, low=10)

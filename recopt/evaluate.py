@@ -34,6 +34,7 @@ from recopt.engine import make_engine
 from recopt.methods import TOP, Part, PartBatch, Shared, Task, evaluate_batch, part_task_fields
 from recopt.pools import read_pool
 from recopt.references import fit_ease, fit_itemknn, interaction_matrix
+from recopt.rng import stage_rng
 from recopt.runlog import log
 from recopt.scoring import prior_signal
 from recopt.split import relevant_items
@@ -111,28 +112,41 @@ class PassResult:
         return len(self.done) == len(self.batches)
 
 
+def reference_sample(cfg: Config, data: EvalData) -> NDArray[np.int64]:
+    """The seeded sample of evaluated users on which the reference settings are chosen (all of them
+    when evaluate.reference_tuning_users is 0 or at least their number)."""
+    users = data.users.sort("user")["user"].to_numpy().astype(np.int64)
+    n = cfg.evaluate.reference_tuning_users
+    if n == 0 or n >= len(users):
+        return users
+    return np.sort(stage_rng(cfg.seed, f"evaluate/reference-sample/{data.fold}").choice(users, n, replace=False))
+
+
 def build_shared(cfg: Config, data: EvalData, parts: tuple[Part, ...]) -> tuple[Shared, dict[str, float]]:
     """The arrays every batch of a pass reads; fits the references the parts need."""
     items = data.items
     need = part_task_fields(parts)
     has_cf = np.zeros(data.n_users, dtype=bool)
     has_cf[data.pool_users["user"].to_numpy()] = data.pool_users["has_cf"].to_numpy()
+    sampled = np.zeros(data.n_users, dtype=bool)
+    sampled[reference_sample(cfg, data)] = True
     pop = items["popularity"].to_numpy().astype(np.int64)
     quality = items["quality"].to_numpy()
     fits: dict[str, float] = {}
     ease, knn = {}, {}
     x = interaction_matrix(data.seen) if need["ease"] or need["knn"] else None
-    for lam in need["ease"]:
+    if need["ease"]:
         t = time.perf_counter()
-        ease[lam] = fit_ease(x, lam, cfg.evaluate.ease_max_items)
-        fits[f"ease:lambda={lam!r}"] = round(time.perf_counter() - t, 3)
-    for k in need["knn"]:
+        ease = fit_ease(x, need["ease"], cfg.evaluate.ease_max_items)
+        fits["ease"] = round(time.perf_counter() - t, 3)
+    if need["knn"]:
         t = time.perf_counter()
-        knn[k] = fit_itemknn(x, k)
-        fits[f"itemknn:k={k!r}"] = round(time.perf_counter() - t, 3)
+        knn = fit_itemknn(x, need["knn"])
+        fits["itemknn"] = round(time.perf_counter() - t, 3)
     shared = Shared(cfg=cfg, fold=data.fold, parts=parts, quality=quality, recency=items["recency"].to_numpy(),
                     popularity=pop, priors={name: prior_signal(name, quality, pop) for name in ("popularity", "quality")},
-                    item_has_cf=items["has_cf"].to_numpy(), user_has_cf=has_cf, relevant=data.relevant,
+                    item_has_cf=items["has_cf"].to_numpy(), user_has_cf=has_cf, user_sampled=sampled,
+                    relevant=data.relevant,
                     seen=data.seen, mmr=data.mmr, embeddings=np.asarray(data.embeddings),
                     popular_order=np.argsort(-pop, kind="stable").astype(np.int64), ease=ease, knn=knn)
     return shared, fits
@@ -144,7 +158,8 @@ def _checkpoint_dir(cfg: Config, data: EvalData, parts: tuple[Part, ...]) -> Pat
     c = cfg.to_dict()
     key = json.dumps({"fold": data.fold, "store": data.candidates.digest, "split": data.split.digest,
                       "parts": [p.name for p in parts], "rerank": c["rerank"], "ks": c["evaluate"]["ks"],
-                      "ease_max_items": cfg.evaluate.ease_max_items, "seed": cfg.seed,
+                      "ease_max_items": cfg.evaluate.ease_max_items,
+                      "reference_users": cfg.evaluate.reference_tuning_users, "seed": cfg.seed,
                       "threshold": cfg.relevance_threshold, "code": code}, sort_keys=True)
     return Path(cfg.paths.checkpoints) / f"{data.fold}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 

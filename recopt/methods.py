@@ -48,6 +48,7 @@ class Part:
     value: float | None = None  # alpha, beta, EASE lambda or kNN k
     method: str | None = None   # cold prior, baseline or reference name
     mmr: float | None = None    # cold parts: their MMR weight (None: rerank.mmr_lambda)
+    sampled: bool = False       # reference grids on validation: only the seeded tuning sample of users
 
     @property
     def name(self) -> str:
@@ -61,13 +62,13 @@ class Part:
         value = self.value if self.method == "ease" else int(self.value or 0)
         return f"reference={self.method}:{param}={value!r}"
 
-    def serves(self, has_cf: NDArray[np.bool_]) -> NDArray[np.bool_]:
-        """Which users (by their CF mask) this part ranks."""
+    def serves(self, has_cf: NDArray[np.bool_], sampled: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        """Which users (by their CF mask and tuning-sample membership) this part ranks."""
         if self.kind == ALPHA:
             return has_cf
         if self.kind == COLD:
             return ~has_cf
-        return np.ones(len(has_cf), dtype=bool)
+        return sampled.copy() if self.sampled else np.ones(len(has_cf), dtype=bool)
 
     @property
     def reads_pool(self) -> bool:
@@ -87,6 +88,7 @@ class Shared:
     priors: dict[str, NDArray[np.float32]]
     item_has_cf: NDArray[np.bool_]
     user_has_cf: NDArray[np.bool_]
+    user_sampled: NDArray[np.bool_]   # the reference-tuning sample, over the user index
     relevant: sp.csr_matrix
     seen: sp.csr_matrix
     mmr: NDArray[np.float32]
@@ -279,7 +281,7 @@ def evaluate_batch(shared: Shared, task: Task) -> dict[str, PartBatch]:
     out = {}
     for part in shared.parts:
         started = time.perf_counter()
-        mask = part.serves(has_cf)
+        mask = part.serves(has_cf, shared.user_sampled[task.users])
         users = task.users[mask]
         ranked = rank_part(shared, part, users, norm)
         check_lists(ranked, part.name, pool_sizes[mask] if part.kind in (ALPHA, COLD) else None)

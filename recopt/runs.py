@@ -46,6 +46,7 @@ class Run:
     pieces: list[tuple[str, str | None]] = field(default_factory=list)  # (part name, slice kept or None: all)
     complete: bool = True
     summary: dict[str, float] = field(default_factory=dict)
+    config: dict[str, str] = field(default_factory=dict)   # a sweep job's own flattened config
 
 
 def join(name: str, kind: str, pieces: list[tuple[PartResult, str | None]], data: EvalData,
@@ -148,7 +149,7 @@ def restrict(run: Run, users: NDArray[np.int32], data: EvalData) -> Run:
     pos = np.searchsorted(run.users, users)
     out = Run(name=run.name, kind=run.kind, users=run.users[pos], top=run.top[pos],
               per_user={k: v[pos] for k, v in run.per_user.items()}, seconds=run.seconds, alpha=run.alpha,
-              chosen=run.chosen, pieces=run.pieces, complete=run.complete)
+              chosen=run.chosen, pieces=run.pieces, complete=run.complete, config=run.config)
     out.summary = summarise(out, data)
     return out
 
@@ -165,6 +166,6 @@ def load_run(path: Path, info: dict[str, Any], data: EvalData) -> Run:
     with np.load(path) as z:
         run = Run(name=info["run"], kind="alpha", users=z["users"], top=z["top"],
                   per_user={n[2:]: z[n] for n in z.files if n.startswith("m.")}, seconds=info["seconds"],
-                  alpha=info["alpha"], complete=info["complete"])
+                  alpha=info["alpha"], complete=info["complete"], config=info.get("config", {}))
     run.summary = summarise(run, data)
     return run

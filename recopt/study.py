@@ -52,8 +52,8 @@ def tune_parts(cfg: Config) -> tuple[Part, ...]:
     alphas = sorted(set(grid(cfg)) | set(ENDPOINTS))
     cold = [Part(COLD, b, prior, lam) for lam in v.cold_mmr_lambdas for b in sorted(v.cold_betas)
             for prior in (v.cold_priors[:1] if b == 0 else v.cold_priors)]  # beta = 0 ignores the prior
-    refs = [Part(REFERENCE, lam, "ease") for lam in v.ease_lambdas if "ease" in v.references]
-    refs += [Part(REFERENCE, float(k), "itemknn") for k in v.knn_ks if "itemknn" in v.references]
+    refs = [Part(REFERENCE, lam, "ease", sampled=True) for lam in v.ease_lambdas if "ease" in v.references]
+    refs += [Part(REFERENCE, float(k), "itemknn", sampled=True) for k in v.knn_ks if "itemknn" in v.references]
     return (*[Part(ALPHA, a) for a in alphas], *cold, *[Part(BASELINE, method=b) for b in v.baselines], *refs)
 
 
@@ -214,6 +214,7 @@ def _mark(runs: list[Run], sel: dict[str, Any]) -> None:
     """Say how each row was chosen (on validation) or that it is information only."""
     a = sel["alpha"]["chosen"]
     refs = sel["references"]
+    everyone = max(r.summary["users_eval"] for r in runs)
     for r in runs:
         if r.kind == ALPHA:
             r.chosen = "alpha* (validation)" if r.alpha == a else "grid (information)"
@@ -230,8 +231,12 @@ def _mark(runs: list[Run], sel: dict[str, Any]) -> None:
         elif r.kind == REFERENCE:
             method = r.name.split("=", 1)[1].split(":")[0]
             value = next(iter(refs.get(method, {}).values()), None)
-            r.chosen = "reference, setting chosen on validation" if value is not None and r.name.endswith(
-                f"={value!r}") else "reference grid (information)"
+            if r.name.endswith(f"={value!r}") and value is not None:
+                r.chosen = "reference, setting chosen on validation"
+            else:
+                r.chosen = "reference grid (information)"
+            if r.summary["users_eval"] < everyone:
+                r.chosen += f" (the {int(r.summary['users_eval'])}-user tuning sample)"
 
 
 def find(runs: list[Run], chosen: str) -> Run | None:

@@ -184,7 +184,7 @@ def _track(cfg: Config, result: FoldResult, table: pl.DataFrame, slices: pl.Data
         label = r.name.replace("alpha=", "α=")
         children.append(tracking.RunRecord(
             name=f"{ds.name} · {label} · {heldout}", start_ms=start, end_ms=end,
-            params={**tracking.config_params(cfg), "alpha": r.alpha if r.alpha is not None else "none",
+            params={**(r.config or tracking.config_params(cfg)), "alpha": r.alpha if r.alpha is not None else "none",
                     "run.kind": r.kind, "run.chosen": r.chosen, "run.parts": ", ".join(n for n, _ in r.pieces),
                     "fold": data.fold},
             metrics=metrics, tags={tracking.SWEEP_TAG: sweep_id, "recopt.run": r.name, "recopt.fold": data.fold,
@@ -217,7 +217,16 @@ def _print_summary(cfg: Config, fold: str, table: pl.DataFrame, star: Run | None
 # --------------------------------------------------------------------------- Hydra sweeps
 
 
-def evaluate_job(cfg: Config, fold: str, sweep_dir: Path | None, job_num: int | None) -> float:
+def job_name(alpha: float, overrides: tuple[str, ...]) -> str:
+    """A sweep job's run name: its alpha, plus any other swept key (e.g. an Optuna search over
+    rerank.mmr_lambda), so two jobs of the same alpha never share a name. Data overrides are
+    the same for every job and are left out."""
+    extra = sorted(o for o in overrides if not o.split("=")[0].lstrip("+").startswith(("alpha", "data")))
+    return ", ".join([f"alpha={alpha!r}", *extra])
+
+
+def evaluate_job(cfg: Config, fold: str, sweep_dir: Path | None, job_num: int | None,
+                 overrides: tuple[str, ...] = ()) -> float:
     """One Hydra job: `alpha` (cold users: rerank.cold_beta / cold_prior) on `fold`.
 
     Writes the job's result (summary and per-user arrays) for the sweep's comparison and
@@ -230,7 +239,7 @@ def evaluate_job(cfg: Config, fold: str, sweep_dir: Path | None, job_num: int | 
     deadline = time.perf_counter() + cfg.evaluate.time_limit_alpha_s
     p = evaluate_parts(cfg, data, parts, deadline=deadline, desc=f"alpha={cfg.alpha!r}")
     run = alpha_run(data, p.parts, cfg.alpha, p.parts[parts[1].name])
-    run.complete = p.complete
+    run.complete, run.name = p.complete, job_name(cfg.alpha, overrides)
     where = sweep_dir / str(job_num) if sweep_dir is not None else Path(cfg.paths.runs) / "jobs" / uuid.uuid4().hex
     save_run(run, where / "result.npz")
     write_text_atomic(where / "result.json", dump_json({

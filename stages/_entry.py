@@ -38,6 +38,7 @@ class Invocation:
     fold: str | None = None        # --fold, when given
     sweep_dir: Path | None = None  # Hydra multirun: the sweep's output folder
     job_num: int | None = None
+    overrides: tuple[str, ...] = ()  # Hydra multirun: this job's overrides
 
 
 def compose(overrides: list[str] | None = None) -> dict:
@@ -115,7 +116,8 @@ def run(main: Callable[[Config, Invocation], Any], *, hydra_overrides: tuple[str
         hc = HydraConfig.get()
         multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
         how = Invocation(mode="hydra", fold=fold, sweep_dir=Path(hc.sweep.dir) if multirun else None,
-                         job_num=hc.job.num if multirun else None)
+                         job_num=hc.job.num if multirun else None,
+                         overrides=tuple(hc.overrides.task) if multirun else ())
         return guarded(lambda: main(cfg, how))
 
     # name the Hydra job after the stage (not this module), e.g. for the sweep callback

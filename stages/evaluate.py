@@ -41,7 +41,7 @@ def main(cfg: Config, how: Invocation) -> Any:
                               f"{', enforce_inconclusive=true' if cfg.evaluate.enforce_inconclusive else ''}); "
                               "see the report")
         return None
-    return evaluate_job(cfg, how.fold or cfg.evaluate.fold, how.sweep_dir, how.job_num)
+    return evaluate_job(cfg, how.fold or cfg.evaluate.fold, how.sweep_dir, how.job_num, how.overrides)
 
 
 if __name__ == "__main__":

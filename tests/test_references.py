@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recopt import references as refs
 from recopt.references import ease_lists, fit_ease, fit_itemknn, interaction_matrix, itemknn_lists
 
 
@@ -50,7 +49,7 @@ def test_interaction_matrix_is_binary_and_leaves_its_input_alone():
 @pytest.mark.parametrize("lam", [0.5, 3.0, 50.0])
 def test_ease_weights_are_the_closed_form(lam):
     x = interaction_matrix(_random_interactions(1))
-    model = fit_ease(x, lam, max_items=100)
+    model = fit_ease(x, [lam], max_items=100)[lam]
     dense = x.toarray().astype(np.float64)
     used = np.flatnonzero(dense.sum(axis=0) > 0)
     np.testing.assert_array_equal(model.items, used)
@@ -62,7 +61,7 @@ def test_ease_weights_are_the_closed_form(lam):
 def test_ease_lists_are_the_top_unseen_items_by_x_times_b(k):
     x = _random_interactions(2)
     binary = x.toarray() > 0
-    model = fit_ease(interaction_matrix(x), 2.0, max_items=100)
+    model = fit_ease(interaction_matrix(x), [2.0], max_items=100)[2.0]
     items, scores = ease_lists(model, x, k)
     full = binary.astype(np.float64) @ _ease_closed_form(binary[:, model.items].astype(np.float64), 2.0) \
         if len(model.items) == x.shape[1] else None
@@ -81,7 +80,7 @@ def test_ease_covers_only_the_most_interacted_items():
     binary = (x.toarray() > 0).astype(np.float64)
     counts = binary.sum(axis=0)
     covered = np.sort(np.argsort(-counts, kind="stable")[:4])
-    model = fit_ease(interaction_matrix(x), 1.0, max_items=4)
+    model = fit_ease(interaction_matrix(x), [1.0], max_items=4)[1.0]
     np.testing.assert_array_equal(model.items, covered)
     np.testing.assert_allclose(model.weights, _ease_closed_form(binary[:, covered], 1.0), rtol=1e-4, atol=1e-6)
     items, _ = ease_lists(model, x, 10)
@@ -98,18 +97,16 @@ def test_ease_never_covers_an_item_without_interactions():
     x = _random_interactions(4)
     dense = x.toarray()
     dense[:, [2, 5]] = 0
-    model = fit_ease(interaction_matrix(sp.csr_matrix(dense)), 1.0, max_items=100)
+    model = fit_ease(interaction_matrix(sp.csr_matrix(dense)), [1.0], max_items=100)[1.0]
     assert not {2, 5} & set(model.items.tolist())
 
 
-def test_ease_lists_are_the_same_in_chunks(monkeypatch):
+def test_ease_lists_of_a_user_do_not_depend_on_the_other_users_in_the_batch():
     x = _random_interactions(5, n_users=30)
-    model = fit_ease(interaction_matrix(x), 2.0, max_items=100)
+    model = fit_ease(interaction_matrix(x), [2.0], max_items=100)[2.0]
     whole = ease_lists(model, x, 5)
-    monkeypatch.setattr(refs, "_CHUNK_CELLS", 4 * len(model.items))  # 4 users a chunk
-    chunked = ease_lists(model, x, 5)
-    np.testing.assert_array_equal(chunked[0], whole[0])
-    np.testing.assert_array_equal(chunked[1], whole[1])
+    part = ease_lists(model, x[7:11], 5)
+    np.testing.assert_array_equal(part[0], whole[0][7:11])
 
 
 # --------------------------------------------------------------------------- item-kNN
@@ -128,7 +125,7 @@ def _implicit_lists(x: sp.csr_matrix, k_neighbours: int, n: int) -> tuple[np.nda
 @pytest.mark.parametrize(("k_neighbours", "n"), [(3, 4), (20, 6)])
 def test_itemknn_lists_match_implicits_recommend(k_neighbours, n):
     x = interaction_matrix(_random_interactions(6, n_users=25, n_items=14, density=0.3))
-    similarity = fit_itemknn(x, k_neighbours)
+    similarity = fit_itemknn(x, [k_neighbours])[k_neighbours]
     items, _ = itemknn_lists(similarity, x, n)
     their_items, their_scores = _implicit_lists(x, k_neighbours, n)
     raw = (x @ similarity).toarray()
@@ -152,7 +149,7 @@ def test_itemknn_similarity_is_implicits_and_scores_are_x_times_s():
     from implicit.nearest_neighbours import CosineRecommender
 
     x = interaction_matrix(_random_interactions(7, n_users=20, n_items=10))
-    sim = fit_itemknn(x, 4)
+    sim = fit_itemknn(x, [4])[4]
     model = CosineRecommender(K=4)
     model.fit(x, show_progress=False)
     np.testing.assert_allclose(sim.toarray(), model.similarity.toarray(), rtol=1e-6)
@@ -181,11 +178,33 @@ def _blocks() -> sp.csr_matrix:
 @pytest.mark.filterwarnings("ignore::implicit.utils.ParameterWarning")
 def test_the_withheld_item_ranks_first():
     x = _blocks()
-    ease_items, ease_scores = ease_lists(fit_ease(x, 1.0, max_items=100), x, 3)
+    ease_items, ease_scores = ease_lists(fit_ease(x, [1.0], max_items=100)[1.0], x, 3)
     assert ease_items[0, 0] == 0 and ease_scores[0, 0] == 1.0
     assert ease_scores[0, 1] < 1e-3  # the other block has (numerically) no evidence
-    knn_items, knn_scores = itemknn_lists(fit_itemknn(x, 5), x, 3)
+    knn_items, knn_scores = itemknn_lists(fit_itemknn(x, [5])[5], x, 3)
     np.testing.assert_array_equal(knn_items[0], [0, -1, -1])  # no neighbour evidence: never listed
     assert knn_scores[0, 0] == 0.5  # a one-item list scales to 0.5
     # users 1-4 have seen their whole block: item-kNN has nothing to list for them
     assert (knn_items[1:5] == -1).all()
+
+
+def test_a_smaller_k_from_the_grid_fit_equals_implicit_fitted_with_that_k():
+    from implicit.nearest_neighbours import CosineRecommender
+
+    x = _random_interactions(11, n_users=60).astype(np.float32)
+    x.data = np.random.default_rng(3).random(x.nnz).astype(np.float32) + 0.5  # weights: no ties in similarity
+    grid = fit_itemknn(x, [3, 8])
+    direct = CosineRecommender(K=3)
+    direct.fit(x, show_progress=False)
+    expected = direct.similarity.tocsr()
+    expected.sort_indices()
+    np.testing.assert_array_equal(grid[3].indptr, expected.indptr)
+    np.testing.assert_array_equal(grid[3].indices, expected.indices)
+    np.testing.assert_allclose(grid[3].data, expected.data, rtol=1e-6)
+
+
+def test_one_gram_serves_every_lambda_of_the_grid():
+    x = interaction_matrix(_random_interactions(12, n_users=40))
+    grid = fit_ease(x, [1.0, 50.0], max_items=100)
+    for lam in (1.0, 50.0):
+        np.testing.assert_array_equal(grid[lam].weights, fit_ease(x, [lam], max_items=100)[lam].weights)
