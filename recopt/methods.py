@@ -34,7 +34,7 @@ from recopt import metrics
 from recopt.config import Config
 from recopt.keys import fetch_widths, first_unseen, seen_bitset, segment_starts
 from recopt.references import Ease, ease_lists, itemknn_lists
-from recopt.rerank import Ranked, pad_by_user, rank_pools, top_k
+from recopt.rerank import Ranked, rank_pools
 from recopt.rng import keyed_integers
 from recopt.scoring import Normalised, normalise_pool, served_scores
 
@@ -136,11 +136,11 @@ def _subset(n: Normalised, keep: NDArray[np.bool_]) -> Normalised:
 
 
 def _plain(n: Normalised, values: NDArray[np.float32], k: int) -> Ranked:
-    """Pool ranked by one component alone; items it cannot score (NaN) are not listed."""
+    """Pool ranked by one component alone (ties: earlier pool position); items it cannot score (NaN)
+    are not listed."""
     ok = ~np.isnan(values)
-    rows, items, vals = n.rows[ok], n.items[ok], values[ok]
-    u, mat, pos = pad_by_user(rows, vals, -np.inf)
-    return top_k(u, mat, pos, items, k)
+    return rank_pools(n.rows[ok], n.items[ok], values[ok].astype(np.float32), np.zeros((1, 1), np.float32), k,
+                      0.0, k)
 
 
 def popularity_lists(shared: Shared, users: NDArray[np.int64], k: int) -> Ranked:
@@ -164,25 +164,29 @@ def popularity_lists(shared: Shared, users: NDArray[np.int64], k: int) -> Ranked
 def random_lists(shared: Shared, users: NDArray[np.int64], k: int) -> Ranked:
     """k distinct unseen catalog items per user, drawn uniformly; scores descend from ~1 to ~0.
 
-    A user's draws are a function of (seed, fold, user) alone (recopt.rng.keyed_integers),
-    so they do not change with the batch size or the worker that draws them."""
+    A user's draws are a function of (seed, fold, user) alone (recopt.rng.keyed_integers), so they
+    do not change with the batch or the worker that draws them. Each user draws about twice the
+    number its seen share makes necessary (rows grouped by that width); duplicates keep their
+    first draw; the rare user still short falls back to a keyed permutation of the catalog."""
     n_items = shared.seen.shape[1]
     seen_rows = shared.seen[users]
     seen = seen_bitset(seen_rows)
     n_seen = np.diff(seen_rows.indptr).astype(np.int64)
-    width = int(min(n_items, 2 * (k + int(n_seen.max(initial=0))) + 16))
     stage = f"evaluate/random/{shared.fold}"
-    draws = keyed_integers(shared.cfg.seed, stage, users, width, n_items)
-    rows = np.arange(len(users), dtype=np.int64)
-    # first occurrence of each draw in its row, in draw order
-    order = np.argsort(draws, axis=1, kind="stable")
-    sorted_draws = np.take_along_axis(draws, order, axis=1)
-    dup = np.zeros_like(draws, dtype=bool)
-    dup_sorted = np.concatenate([np.zeros((len(users), 1), bool), sorted_draws[:, 1:] == sorted_draws[:, :-1]], axis=1)
-    np.put_along_axis(dup, order, dup_sorted, axis=1)
-    items, _ = first_unseen(rows, np.where(dup, -1, draws), seen, k)
+    need = np.ceil(2 * k * n_items / np.maximum(n_items - n_seen, 1)).astype(np.int64) + 16
+    width = np.minimum(2 ** np.ceil(np.log2(need)).astype(np.int64), 4 * n_items)
+    items = np.full((len(users), k), -1, dtype=np.int64)
+    for w in np.unique(width):
+        sel = np.flatnonzero(width == w)
+        draws = keyed_integers(shared.cfg.seed, stage, users[sel], int(w), n_items)
+        keys = (np.arange(len(sel), dtype=np.int64)[:, None] * n_items + draws).ravel()
+        order = np.argsort(keys, kind="stable")  # equal keys keep draw order: the first draw wins
+        first = np.ones(len(keys), dtype=bool)
+        first[order[1:]] = keys[order[1:]] != keys[order[:-1]]
+        got, _ = first_unseen(sel.astype(np.int64), np.where(first.reshape(draws.shape), draws, -1), seen, k)
+        items[sel, :got.shape[1]] = got
     short = np.flatnonzero((items >= 0).sum(axis=1) < np.minimum(k, n_items - n_seen))
-    for r in short:  # tiny catalogs: fall back to a full permutation for that user
+    for r in short:  # a user who sees most of a small catalog: a keyed permutation of it
         perm = np.argsort(keyed_integers(shared.cfg.seed, stage + "/all", users[r:r + 1], n_items, 2**62)[0])
         got, _ = first_unseen(np.array([r]), perm[None, :], seen, k)
         items[r, :got.shape[1]] = got[0]
@@ -239,7 +243,7 @@ def measure(ranked: Ranked, shared: Shared) -> dict[str, NDArray[np.float64]]:
 
 
 def rank_part(shared: Shared, part: Part, users: NDArray[np.int64], norm: Normalised | None) -> Ranked:
-    """Top-k lists of `users` (ascending) for one part."""
+    """Top-k lists of `users` (ascending) for one part; `norm` holds exactly these users' pool rows."""
     r = shared.cfg.rerank
     k = r.k_final
     if part.kind == BASELINE and part.method == "popularity":
@@ -250,7 +254,7 @@ def rank_part(shared: Shared, part: Part, users: NDArray[np.int64], norm: Normal
         return _reference_lists(shared, part, users, k)
     if norm is None:
         raise RuntimeError(f"{part.name}: the batch carries no pool")
-    n = _subset(norm, np.isin(norm.rows, users))
+    n = norm
     if part.kind == BASELINE:
         ranked = _plain(n, _pure_collab(n) if part.method == "cf_only" else n.content, k)
     else:
@@ -278,12 +282,16 @@ def evaluate_batch(shared: Shared, task: Task) -> dict[str, PartBatch]:
                               shared.recency, shared.cfg.rerank.missing_collab)
         pool_sizes = np.bincount(np.searchsorted(task.users, p["user"]), minlength=len(task.users))
     has_cf = shared.user_has_cf[task.users]
+    views: dict[str, Normalised] = {}  # the pool rows of the users a kind of part serves, cut once per batch
+    if norm is not None:
+        row_has_cf = shared.user_has_cf[norm.rows]
+        views = {ALPHA: _subset(norm, row_has_cf), COLD: _subset(norm, ~row_has_cf), BASELINE: norm}
     out = {}
     for part in shared.parts:
         started = time.perf_counter()
         mask = part.serves(has_cf, shared.user_sampled[task.users])
         users = task.users[mask]
-        ranked = rank_part(shared, part, users, norm)
+        ranked = rank_part(shared, part, users, views.get(part.kind))
         check_lists(ranked, part.name, pool_sizes[mask] if part.kind in (ALPHA, COLD) else None)
         out[part.name] = PartBatch(users=ranked.users, lists=ranked.items, scores=ranked.scores,
                                    per_user=measure(ranked, shared), seconds=time.perf_counter() - started)

@@ -32,8 +32,7 @@ from recopt.candidates import SOURCES, Batch, Context, build_batch, build_contex
 from recopt.config import Config
 from recopt.engine import make_engine
 from recopt.filters import step_labels
-from recopt.metrics import mark_hits
-from recopt.rerank import pad_by_user
+from recopt.keys import isin_sorted, pair_keys, row_keys
 from recopt.runlog import log, timed
 from recopt.split import relevant_items
 
@@ -59,12 +58,13 @@ def _write_batch(b: Batch, out: Output, batch: int) -> None:
 
 def _pool_recall(b: Batch, users: NDArray[np.int64], relevant: Any) -> tuple[NDArray, NDArray]:
     """Per batch user: pool size and share of relevant held-out items in the pool."""
-    present, pools, _ = pad_by_user(b.user, b.item, -1)
-    ranked = np.full((len(users), max(pools.shape[1], 1)), -1, dtype=np.int32)
-    ranked[np.searchsorted(users, present), :pools.shape[1]] = pools
-    hits = mark_hits(ranked, relevant[users])
-    n_rel = np.diff(relevant[users].indptr)
-    return (ranked >= 0).sum(axis=1), np.where(n_rel > 0, hits.sum(axis=1) / np.maximum(n_rel, 1), 0.0)
+    rel = relevant[users]
+    rows = np.searchsorted(users, b.user)
+    n_items = rel.shape[1]
+    hit = isin_sorted(pair_keys(rows, b.item.astype(np.int64), n_items), np.sort(row_keys(rel, n_items)))
+    n_rel = np.diff(rel.indptr)
+    hits = np.bincount(rows[hit], minlength=len(users))
+    return np.bincount(rows, minlength=len(users)), np.where(n_rel > 0, hits / np.maximum(n_rel, 1), 0.0)
 
 
 def _pool_task(ctx: Context, users: NDArray[np.int64]) -> Batch:
