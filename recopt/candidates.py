@@ -41,9 +41,18 @@ from recopt import features
 from recopt.assembly import HybridInputs
 from recopt.config import CandidatesConfig
 from recopt.filters import first_n_per_row, relax_filters
-from recopt.keys import (fetch_widths, first_unseen, is_seen, isin_sorted, packing, pair_keys, seen_bitset,
-                         segment_starts)
 from recopt.kernels import pair_dots
+from recopt.keys import (
+    fetch_widths,
+    first_unseen,
+    is_seen,
+    isin_sorted,
+    packing,
+    pair_keys,
+    positions,
+    seen_bitset,
+    segment_starts,
+)
 
 SOURCE_CF, SOURCE_CONTENT, SOURCE_PROFILE, SOURCE_BACKFILL, SOURCE_POPULAR = 1, 2, 4, 8, 16
 SOURCES = {"cf": SOURCE_CF, "content": SOURCE_CONTENT, "profile": SOURCE_PROFILE, "backfill": SOURCE_BACKFILL,
@@ -99,9 +108,9 @@ def search_ip(queries: NDArray[np.float32], base: NDArray[np.float32], k: int) -
 
 def user_item_matrix(df: pl.DataFrame, user_ids: NDArray, item_ids: NDArray,
                      weights: NDArray | None = None) -> sp.csr_matrix:
-    """CSR users x items from a frame with userId, movieId (ids mapped by searchsorted)."""
-    rows = np.searchsorted(user_ids, df["userId"].to_numpy())
-    cols = np.searchsorted(item_ids, df["movieId"].to_numpy())
+    """CSR users x items from a frame with userId, movieId (every id must be in its index)."""
+    rows = positions(user_ids, df["userId"].to_numpy())
+    cols = positions(item_ids, df["movieId"].to_numpy())
     data = np.ones(len(rows), dtype=np.float32) if weights is None else weights.astype(np.float32)
     m = sp.csr_matrix((data, (rows, cols)), shape=(len(user_ids), len(item_ids)))
     m.sum_duplicates()
@@ -308,13 +317,23 @@ def build_batch(ctx: Context, users: NDArray[np.int64]) -> Batch:
 
     u = users[rows]
     i32 = items.astype(np.int32)
-    collab = pair_dots(inp.user_factors, inp.item_factors, u.astype(np.int32), i32)
-    collab[~(inp.user_has_cf[u] & inp.item_has_cf[items])] = np.nan
+    collab = collab_scores(inp.user_factors, inp.item_factors, inp.user_has_cf, inp.item_has_cf, u, i32)
     content = pair_dots(profiles, inp.embeddings, rows.astype(np.int32), i32)
     content[~(has_profile[rows] & inp.has_content[items])] = np.nan
     provider = features.provider_match(ctx.user_bits, ctx.item_bits, u, items).astype(np.float32)
     return Batch(user=u.astype(np.int32), item=i32, collab=collab, content=content, provider=provider,
                  source=src, step=relax.step)
+
+
+def collab_scores(user_factors: NDArray[np.float32], item_factors: NDArray[np.float32], user_has: NDArray[np.bool_],
+                  item_has: NDArray[np.bool_], users: NDArray, items: NDArray) -> NDArray[np.float32]:
+    """collab = u.v of each (user, item) pair; NaN where the user or the item has no CF factor.
+
+    The pool store does not keep this column: evaluate recomputes it from the factors with this
+    same function (same kernel, same inputs, same bits) -- 4 bytes a candidate less on disk."""
+    collab = pair_dots(user_factors, item_factors, np.asarray(users, dtype=np.int32), np.asarray(items, dtype=np.int32))
+    collab[~(user_has[users] & item_has[items])] = np.nan
+    return collab
 
 
 def soft_mask(ctx: Context, name: str, users: NDArray[np.int64], rows: NDArray[np.int64],

@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from recopt.artifacts import open_artifact, output
 from recopt.assembly import align_rows, read_ids, vector_problems
 from recopt.config import CFConfig, Config
+from recopt.keys import positions
 from recopt.rng import stage_rng
 from recopt.runlog import log, timed
 from recopt.schemas import Problem, check
@@ -42,10 +43,9 @@ CONFIDENCE = "confidence = 1 + confidence_scale * rating / 5"
 
 def index_rows(ids: NDArray[Any], index: NDArray[Any], file: str, column: str, index_file: str,
                fix: str) -> tuple[NDArray[np.int64], list[Problem]]:
-    """Row of each id in the sorted `index` (searchsorted); a Problem when some are absent."""
-    pos = np.searchsorted(index, ids)  # one search gives both the rows and the membership
-    found = pos < len(index)
-    found[found] = index[pos[found]] == ids[found]
+    """Row of each id in the sorted `index`; a Problem when some are absent."""
+    pos = positions(index, ids)  # one lookup gives both the rows and the membership
+    found = pos >= 0
     if found.all():
         return pos, []
     missing = np.unique(ids[~found])

@@ -59,6 +59,7 @@ class EvalData:
     seen: object               # CSR users x items (train)
     mmr: NDArray[np.float32]
     embeddings: NDArray[np.float32]
+    factors: dict[str, NDArray]   # cf-load's user_factors, item_factors, user_has_cf, item_has_cf
     skipped: dict[str, int]
 
     @property
@@ -68,10 +69,11 @@ class EvalData:
 
 
 def load_eval_data(cfg: Config, fold: str, reader: str) -> EvalData:
-    """Open and verify candidates@fold, split@fold and embed_load@fold."""
+    """Open and verify candidates@fold, split@fold, embed_load@fold and cf_load@fold."""
     cand = open_artifact(cfg.paths, "candidates", fold, reader=reader)
     split = open_artifact(cfg.paths, "split", fold, reader=reader)
     embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader)
+    cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader)
     users_all = split.parquet("users")
     pool_users = cand.parquet("users")
     items = cand.parquet("items")
@@ -83,7 +85,9 @@ def load_eval_data(cfg: Config, fold: str, reader: str) -> EvalData:
     return EvalData(fold=fold, candidates=cand, split=split, users=pool_users.filter(pl.col("n_relevant") > 0),
                     pool_users=pool_users, items=items, n_users=len(user_ids), relevant=relevant,
                     seen=user_item_matrix(train, user_ids, item_ids), mmr=embed.npy("mmr"),
-                    embeddings=embed.npy("embeddings", mmap=True), skipped=skipped)
+                    embeddings=embed.npy("embeddings", mmap=True),
+                    factors={n: cf.npy(n) for n in ("user_factors", "item_factors", "user_has_cf", "item_has_cf")},
+                    skipped=skipped)
 
 
 @dataclass
@@ -137,7 +141,7 @@ def build_shared(cfg: Config, data: EvalData, parts: tuple[Part, ...]) -> tuple[
     x = interaction_matrix(data.seen) if need["ease"] or need["knn"] else None
     if need["ease"]:
         t = time.perf_counter()
-        ease = fit_ease(x, need["ease"], cfg.evaluate.ease_max_items)
+        ease = fit_ease(x, need["ease"], cfg.evaluate.ease_max_items, cfg.engine.workers)
         fits["ease"] = round(time.perf_counter() - t, 3)
     if need["knn"]:
         t = time.perf_counter()
@@ -148,7 +152,10 @@ def build_shared(cfg: Config, data: EvalData, parts: tuple[Part, ...]) -> tuple[
                     item_has_cf=items["has_cf"].to_numpy(), user_has_cf=has_cf, user_sampled=sampled,
                     relevant=data.relevant,
                     seen=data.seen, mmr=data.mmr, embeddings=np.asarray(data.embeddings),
-                    popular_order=np.argsort(-pop, kind="stable").astype(np.int64), ease=ease, knn=knn)
+                    popular_order=np.argsort(-pop, kind="stable").astype(np.int64),
+                    user_factors=data.factors["user_factors"], item_factors=data.factors["item_factors"],
+                    factor_users=data.factors["user_has_cf"], factor_items=data.factors["item_has_cf"],
+                    ease=ease, knn=knn)
     return shared, fits
 
 

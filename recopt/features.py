@@ -14,12 +14,14 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
+from recopt.keys import positions
+
 
 def quality(train: pl.DataFrame, item_ids: NDArray[np.int32], prior: float) -> NDArray[np.float32]:
     """Bayesian-average rating of each catalog item, in [0, 1]. Empty train -> 0.5 everywhere."""
     if train.height == 0:
         return np.full(len(item_ids), 0.5, dtype=np.float32)
-    idx = np.searchsorted(item_ids, train["movieId"].to_numpy())
+    idx = positions(item_ids, train["movieId"].to_numpy())
     ratings = train["rating"].to_numpy().astype(np.float64)
     n = np.bincount(idx, minlength=len(item_ids))
     total = np.bincount(idx, weights=ratings, minlength=len(item_ids))
@@ -41,7 +43,7 @@ def recency(years: NDArray) -> NDArray[np.float32]:
 
 def popularity(train: pl.DataFrame, item_ids: NDArray[np.int32]) -> NDArray[np.int64]:
     """Train interaction count of each catalog item."""
-    idx = np.searchsorted(item_ids, train["movieId"].to_numpy())
+    idx = positions(item_ids, train["movieId"].to_numpy())
     return np.bincount(idx, minlength=len(item_ids)).astype(np.int64)
 
 

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from recopt import metrics
+from recopt.candidates import collab_scores
 from recopt.config import Config
 from recopt.keys import fetch_widths, first_unseen, seen_bitset, segment_starts
 from recopt.references import Ease, ease_lists, itemknn_lists
@@ -94,6 +95,10 @@ class Shared:
     mmr: NDArray[np.float32]
     embeddings: NDArray[np.float32]
     popular_order: NDArray[np.int64]
+    user_factors: NDArray[np.float32]        # cf-load's, to recompute the pool's collab
+    item_factors: NDArray[np.float32]
+    factor_users: NDArray[np.bool_]          # who has a factor (user_has_cf above: the evaluated users)
+    factor_items: NDArray[np.bool_]
     ease: dict[float, Ease] = field(default_factory=dict)
     knn: dict[int, sp.csr_matrix] = field(default_factory=dict)
 
@@ -278,7 +283,9 @@ def evaluate_batch(shared: Shared, task: Task) -> dict[str, PartBatch]:
     pool_sizes = np.zeros(len(task.users), np.int64)
     if task.pool is not None:
         p = task.pool
-        norm = normalise_pool(p["user"], p["item"], p["collab"], p["content"], p["provider"], shared.quality,
+        collab = collab_scores(shared.user_factors, shared.item_factors, shared.factor_users, shared.factor_items,
+                               p["user"], p["item"])
+        norm = normalise_pool(p["user"], p["item"], collab, p["content"], p["provider"], shared.quality,
                               shared.recency, shared.cfg.rerank.missing_collab)
         pool_sizes = np.bincount(np.searchsorted(task.users, p["user"]), minlength=len(task.users))
     has_cf = shared.user_has_cf[task.users]
@@ -286,16 +293,24 @@ def evaluate_batch(shared: Shared, task: Task) -> dict[str, PartBatch]:
     if norm is not None:
         row_has_cf = shared.user_has_cf[norm.rows]
         views = {ALPHA: _subset(norm, row_has_cf), COLD: _subset(norm, ~row_has_cf), BASELINE: norm}
-    out = {}
+    ranked, seconds = [], []
     for part in shared.parts:
         started = time.perf_counter()
         mask = part.serves(has_cf, shared.user_sampled[task.users])
-        users = task.users[mask]
-        ranked = rank_part(shared, part, users, views.get(part.kind))
-        check_lists(ranked, part.name, pool_sizes[mask] if part.kind in (ALPHA, COLD) else None)
-        out[part.name] = PartBatch(users=ranked.users, lists=ranked.items, scores=ranked.scores,
-                                   per_user=measure(ranked, shared), seconds=time.perf_counter() - started)
-    return out
+        r = rank_part(shared, part, task.users[mask], views.get(part.kind))
+        check_lists(r, part.name, pool_sizes[mask] if part.kind in (ALPHA, COLD) else None)
+        ranked.append(r)
+        seconds.append(time.perf_counter() - started)
+    # every part's lists measured in one call (the metrics are per user, so stacking changes nothing)
+    stacked = Ranked(users=np.concatenate([r.users for r in ranked]), items=np.concatenate([r.items for r in ranked]),
+                     scores=np.concatenate([r.scores for r in ranked]),
+                     positions=np.concatenate([r.positions for r in ranked]))
+    per_user = measure(stacked, shared)
+    cuts = np.cumsum([0, *(len(r.users) for r in ranked)])
+    return {part.name: PartBatch(users=r.users, lists=r.items, scores=r.scores,
+                                 per_user={m: v[cuts[i]:cuts[i + 1]] for m, v in per_user.items()},
+                                 seconds=seconds[i])
+            for i, (part, r) in enumerate(zip(shared.parts, ranked))}
 
 
 def part_task_fields(parts: tuple[Part, ...]) -> dict[str, Any]:

@@ -123,7 +123,8 @@ def ndcg_at_k(hits: NDArray[np.bool_], n_relevant: NDArray[np.int64], k: int) ->
     n_ideal = np.minimum(_relevant_counts(n_relevant, top.shape[0]), k)
     longest = max(top.shape[1], int(n_ideal.max(initial=0)))
     discount = 1.0 / np.log2(np.arange(2, longest + 2, dtype=np.float64))
-    dcg = top @ discount[: top.shape[1]]
+    dcg = (top * discount[: top.shape[1]]).sum(axis=1)  # per row, not BLAS: a user's value never
+    # depends on which other users share the call
     ideal = np.concatenate(([0.0], np.cumsum(discount)))[n_ideal]
     return _safe_divide(dcg, ideal)
 

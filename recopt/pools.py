@@ -3,16 +3,18 @@
 Artifact candidates@<fold> (see recopt.artifacts for the file names):
     pools/part-NNNNN.parquet  one file per user batch, rows grouped by user (in the
                               users table's order) and by priority within a user:
-                              item (catalog index), collab, content (float32, NaN =
-                              missing), provider (float32), source (uint8 flags)
+                              item (catalog index), content (float32, NaN = missing),
+                              provider (float32), source (uint8 flags)
     items.parquet             catalog-aligned item signals: movieId, quality,
                               recency, popularity, has_cf, has_content
     users.parquet             evaluated users: user (index), userId, slice, has_cf,
                               n_relevant, pool_size, relax_step, pool_recall, batch
     assembly.json             the aligned inputs: files, shapes, coverage counts
 
-A pool file has no user column: a batch's rows are its users' pools in order, and
-users.parquet holds each pool's size (:func:`read_pool` restores the column).
+A pool file has no user column -- a batch's rows are its users' pools in order, and
+users.parquet holds each pool's size (:func:`read_pool` restores the column) -- and no
+collab column: it is recomputed from the cf-load factors (recopt.candidates.collab_scores),
+which halves the store.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from recopt.keys import isin_sorted, pair_keys, row_keys
 from recopt.runlog import log, timed
 from recopt.split import relevant_items
 
-POOL_COLUMNS = ("item", "collab", "content", "provider", "source")
+POOL_COLUMNS = ("item", "content", "provider", "source")
 
 
 def read_pool(store: Stored, batch: int, sizes: NDArray[np.int64], users: NDArray[np.int64]) -> dict[str, NDArray]:
@@ -50,10 +52,9 @@ def read_pool(store: Stored, batch: int, sizes: NDArray[np.int64], users: NDArra
 
 
 def _write_batch(b: Batch, out: Output, batch: int) -> None:
-    table = pa.table({"item": b.item, "collab": b.collab, "content": b.content, "provider": b.provider,
-                      "source": b.source})
+    table = pa.table({"item": b.item, "content": b.content, "provider": b.provider, "source": b.source})
     pq.write_table(table, out.path(f"pools/part-{batch:05d}.parquet"), compression="zstd",
-                   row_group_size=1 << 22, use_byte_stream_split=["collab", "content", "provider"])
+                   row_group_size=1 << 22, use_byte_stream_split=["content", "provider"])
 
 
 def _pool_recall(b: Batch, users: NDArray[np.int64], relevant: Any) -> tuple[NDArray, NDArray]:

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from recopt.artifacts import HELDOUT, open_artifact
-from recopt.candidates import SOURCES
+from recopt.candidates import SOURCES, collab_scores
 from recopt.config import Config, RerankConfig
 from recopt.errors import RecoptError
 from recopt.pools import read_pool
@@ -43,6 +43,7 @@ def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fol
     reader = "recommend"
     cand = open_artifact(cfg.paths, "candidates", fold, reader=reader)
     embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader)
+    cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader)
     split = open_artifact(cfg.paths, "split", fold, reader=reader)
     ingest = open_artifact(cfg.paths, "ingest", reader=reader)
     users = cand.parquet("users")
@@ -60,7 +61,9 @@ def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fol
     rerank = rerank or cfg.rerank
     prior = prior_signal(rerank.cold_prior, items_tbl["quality"].to_numpy(), items_tbl["popularity"].to_numpy())
     rows, items = pool["user"], pool["item"]
-    s = score_pool(rows, items, pool["collab"], pool["content"], pool["provider"], items_tbl["quality"].to_numpy(),
+    collab = collab_scores(cf.npy("user_factors"), cf.npy("item_factors"), cf.npy("user_has_cf"),
+                           cf.npy("item_has_cf"), rows, items)
+    s = score_pool(rows, items, collab, pool["content"], pool["provider"], items_tbl["quality"].to_numpy(),
                    items_tbl["recency"].to_numpy(), prior, alpha, rerank)
     lam = rerank.cold_mmr_lambda if not bool(row["has_cf"][0]) and rerank.cold_mmr_lambda is not None \
         else rerank.mmr_lambda

@@ -22,6 +22,7 @@ the first, 0 for the last; 0.5 when all are equal), so lists stay in [0, 1].
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,14 +46,26 @@ def interaction_matrix(seen: sp.csr_matrix) -> sp.csr_matrix:
     return m
 
 
-def fit_ease(x: sp.csr_matrix, lams: list[float], max_items: int) -> dict[float, Ease]:
+def _gram(sub: sp.csr_matrix, workers: int) -> NDArray[np.float32]:
+    """X'X of a binary users x items matrix, summed over user chunks on `workers` threads (scipy's
+    sparse product releases the GIL; the sums are integer counts, exact in float32 in any order)."""
+    cuts = np.linspace(0, sub.shape[0], 4 * workers + 1).astype(np.int64)
+
+    def chunk(bounds: tuple[int, int]) -> NDArray[np.float32]:
+        block = sub[bounds[0]:bounds[1]]
+        return (block.T @ block).toarray().astype(np.float32)
+
+    with ThreadPoolExecutor(workers) as pool:
+        return sum(pool.map(chunk, zip(cuts[:-1], cuts[1:])))
+
+
+def fit_ease(x: sp.csr_matrix, lams: list[float], max_items: int, workers: int = 1) -> dict[float, Ease]:
     """EASE's closed form for each lambda, over the `max_items` most interacted items of binary `x`
     (ties: lower catalog index). X'X is built once for the whole grid."""
     counts = np.asarray(x.sum(axis=0)).ravel()
     order = np.argsort(-counts, kind="stable")
     items = np.sort(order[:min(max_items, int((counts > 0).sum()))]).astype(np.int64)
-    sub = x[:, items]
-    gram = (sub.T @ sub).toarray().astype(np.float32)
+    gram = _gram(x[:, items].tocsr(), workers)
     models = {}
     for lam in lams:
         g = gram.copy()

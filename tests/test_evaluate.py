@@ -286,3 +286,24 @@ def test_random_baseline_draws_unseen_catalog_items_whatever_the_batch(built: Co
     outside = sum((int(u), int(i)) not in in_pool for u, row in zip(users, whole.items) for i in row if i >= 0
                   and u in set(g["user"].to_list()))
     assert outside > 0
+
+
+def test_the_collab_evaluate_recomputes_is_the_one_candidates_computed(built: Config):
+    """The store drops the collab column; recomputing it from the cf-load factors must give the same bits."""
+    from recopt.artifacts import open_artifact
+    from recopt.assembly import load_hybrid_inputs
+    from recopt.candidates import build_batch, build_context, collab_scores
+
+    paths = built.paths
+    ingest, split = open_artifact(paths, "ingest", reader="t"), open_artifact(paths, "split", "test", reader="t")
+    embed, cf = open_artifact(paths, "embed_load", "test", reader="t"), open_artifact(paths, "cf_load", "test", reader="t")
+    inputs = load_hybrid_inputs(ingest, split, embed, cf)
+    users = split.parquet("users")
+    eval_users = np.flatnonzero(users["n_heldout"].to_numpy() > 0).astype(np.int64)
+    ctx = build_context(inputs, split.parquet("train"), ingest.parquet("movies"), ingest.parquet("providers"),
+                        ingest.parquet("user_providers"), eval_users, built.candidates, built.relevance_threshold)
+    batch = build_batch(ctx, eval_users[:64])
+    again = collab_scores(cf.npy("user_factors"), cf.npy("item_factors"), cf.npy("user_has_cf"), cf.npy("item_has_cf"),
+                          batch.user, batch.item)
+    assert np.isnan(batch.collab).any() and (~np.isnan(batch.collab)).any()
+    assert again.tobytes() == batch.collab.tobytes()
