@@ -364,6 +364,11 @@ class Output:
                                     ) from None
         else:
             self.abandon()
+            if isinstance(exc, OSError) and str(self.staging) in str(exc.filename or ""):
+                # a write into the staging folder failed (permissions, disk full): one clear message
+                raise ArtifactError(f"{self.label}: cannot write {self.root}: {exc.strerror or exc} — free space "
+                                    f"or make the folder writable (or set paths.{self.stage}); the previous "
+                                    "artifact, if any, is untouched") from None
 
 
 def output(cfg: Any, stage: str, fold: str | None = None) -> Output:

@@ -104,7 +104,7 @@ class PartResult:
 @dataclass
 class PassResult:
     parts: dict[str, PartResult]
-    checkpoints: Path
+    checkpoints: dict[str, Path]                 # each part's checkpoint folder
     batches: list[int]                           # every batch of the fold
     done: list[int]                              # batches finished (all parts), ascending
     resumed: int
@@ -159,41 +159,35 @@ def build_shared(cfg: Config, data: EvalData, parts: tuple[Part, ...]) -> tuple[
     return shared, fits
 
 
-def _checkpoint_dir(cfg: Config, data: EvalData, parts: tuple[Part, ...]) -> Path:
-    """Checkpoints are keyed by everything their content depends on: fold, store, parts, config, code."""
+def part_checkpoints(cfg: Config, data: EvalData, part: Part) -> Path:
+    """A part's checkpoint folder, keyed by everything its lists depend on: fold, store, the part
+    itself, config, code. One folder a part: a pass computes only the parts a batch lacks, so adding
+    an alpha to the grid computes that alpha alone."""
     code = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes() for name in _CODE)).hexdigest()
     c = cfg.to_dict()
     key = json.dumps({"fold": data.fold, "store": data.candidates.digest, "split": data.split.digest,
-                      "parts": [p.name for p in parts], "rerank": c["rerank"], "ks": c["evaluate"]["ks"],
+                      "part": part.name, "sampled": part.sampled, "rerank": c["rerank"], "ks": c["evaluate"]["ks"],
                       "ease_max_items": cfg.evaluate.ease_max_items,
                       "reference_users": cfg.evaluate.reference_tuning_users, "seed": cfg.seed,
                       "threshold": cfg.relevance_threshold, "code": code}, sort_keys=True)
-    return Path(cfg.paths.checkpoints) / f"{data.fold}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    safe = "".join(ch if ch.isalnum() or ch in "=.-_" else "_" for ch in part.name)
+    return Path(cfg.paths.checkpoints) / f"{data.fold}-{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def _save(path: Path, parts: tuple[Part, ...], out: dict[str, PartBatch]) -> None:
-    arrays: dict[str, NDArray] = {"names": np.array([p.name for p in parts])}
-    for i, p in enumerate(parts):
-        b = out[p.name]
-        arrays |= {f"{i}.users": b.users, f"{i}.lists": b.lists, f"{i}.scores": b.scores,
-                   f"{i}.seconds": np.array([b.seconds])}
-        arrays |= {f"{i}.m.{name}": v for name, v in b.per_user.items()}
+def save_part(path: Path, b: PartBatch) -> None:
+    """One part's results on one batch, written atomically under a per-process temporary name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"users": b.users, "lists": b.lists, "scores": b.scores, "seconds": np.array([b.seconds]),
+              **{f"m.{name}": v for name, v in b.per_user.items()}}
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npz")  # per process: no races
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, parts: tuple[Part, ...]) -> dict[str, PartBatch]:
+def load_part(path: Path) -> PartBatch:
     with np.load(path) as z:
-        if list(z["names"]) != [p.name for p in parts]:
-            raise RuntimeError(f"{path}: checkpoint of other parts; delete {path.parent}")
-        out = {}
-        for i, p in enumerate(parts):
-            prefix = f"{i}.m."
-            out[p.name] = PartBatch(users=z[f"{i}.users"], lists=z[f"{i}.lists"], scores=z[f"{i}.scores"],
-                                    per_user={n[len(prefix):]: z[n] for n in z.files if n.startswith(prefix)},
-                                    seconds=float(z[f"{i}.seconds"][0]))
-    return out
+        return PartBatch(users=z["users"], lists=z["lists"], scores=z["scores"],
+                         per_user={n[2:]: z[n] for n in z.files if n.startswith("m.")}, seconds=float(z["seconds"][0]))
 
 
 def batch_path(ckpt: Path, batch: int) -> Path:
@@ -202,42 +196,44 @@ def batch_path(ckpt: Path, batch: int) -> Path:
 
 def evaluate_parts(cfg: Config, data: EvalData, parts: tuple[Part, ...], *, deadline: float | None,
                    desc: str) -> PassResult:
-    """One pass: every part over every evaluated user, resuming from checkpoints."""
+    """One pass: every part over every evaluated user, resuming from each part's checkpoints."""
     started = time.perf_counter()
-    ckpt = _checkpoint_dir(cfg, data, parts)
-    ckpt.mkdir(parents=True, exist_ok=True)
+    dirs = {p.name: part_checkpoints(cfg, data, p) for p in parts}
     batches = sorted(int(b) for b in data.users["batch"].unique())
     users_of = {int(b): g["user"].to_numpy().astype(np.int64)
                 for (b,), g in data.users.partition_by("batch", as_dict=True).items()}
-    done_before = [b for b in batches if batch_path(ckpt, b).exists()]
-    todo = [b for b in batches if b not in set(done_before)]
-    shared, fits = build_shared(cfg, data, parts) if todo else (None, {})
-    reads_pool = part_task_fields(parts)["pool"]
+    missing = {b: tuple(p for p in parts if not batch_path(dirs[p.name], b).exists()) for b in batches}
+    todo = [b for b in batches if missing[b]]
+    needed = tuple(dict.fromkeys(p for b in todo for p in missing[b]))
+    shared, fits = build_shared(cfg, data, needed) if todo else (None, {})
     pool_groups = {int(b): g for (b,), g in data.pool_users.partition_by("batch", as_dict=True).items()}
 
     def tasks() -> Iterator[Task]:
         for b in todo:
             pool = None
-            if reads_pool:
+            if part_task_fields(missing[b])["pool"]:
                 g = pool_groups[b]
                 pool = read_pool(data.candidates, b, g["pool_size"].to_numpy(), g["user"].to_numpy())
                 keep = np.isin(pool["user"], users_of[b])
                 pool = {name: col[keep] for name, col in pool.items()}
-            yield Task(batch=b, users=users_of[b], pool=pool)
+            yield Task(batch=b, users=users_of[b], pool=pool, parts=missing[b])
 
-    acc: dict[int, dict[str, PartBatch]] = {b: _compact(load_checkpoint(batch_path(ckpt, b), parts))
-                                            for b in done_before}
-    done = list(done_before)
+    acc: dict[int, dict[str, PartBatch]] = {
+        b: {p.name: _compact(load_part(batch_path(dirs[p.name], b))) for p in parts if p not in missing[b]}
+        for b in batches}
+    done = [b for b in batches if not missing[b]]
     if todo:
         engine = make_engine(cfg.engine)
         for b, out in zip(todo, engine.map(evaluate_batch, shared, tasks(), desc=desc, total=len(todo),
                                             deadline=deadline)):
-            _save(batch_path(ckpt, b), parts, out)
-            acc[b] = _compact(out)
+            for name, pb in out.items():
+                save_part(batch_path(dirs[name], b), pb)
+                acc[b][name] = _compact(pb)
             done.append(b)
         engine.close()
     done.sort()
-    result = PassResult(parts={}, checkpoints=ckpt, batches=batches, done=done, resumed=len(done_before),
+    resumed = sum(1 for b in batches if len(missing[b]) < len(parts))
+    result = PassResult(parts={}, checkpoints=dirs, batches=batches, done=done, resumed=resumed,
                         seconds=round(time.perf_counter() - started, 3), fit_seconds=fits)
     for p in parts:
         chunks = [acc[b][p.name] for b in done]
@@ -251,10 +247,10 @@ def evaluate_parts(cfg: Config, data: EvalData, parts: tuple[Part, ...], *, dead
     return result
 
 
-def _compact(out: dict[str, PartBatch]) -> dict[str, PartBatch]:
+def _compact(b: PartBatch) -> PartBatch:
     """Keep only what the summaries need in memory: the top of each list (full lists stay on disk)."""
-    return {n: PartBatch(users=b.users, lists=np.ascontiguousarray(b.lists[:, :TOP]), scores=b.scores[:, :0],
-                         per_user=b.per_user, seconds=b.seconds) for n, b in out.items()}
+    return PartBatch(users=b.users, lists=np.ascontiguousarray(b.lists[:, :TOP]), scores=b.scores[:, :0],
+                     per_user=b.per_user, seconds=b.seconds)
 
 
 def _cat(arrays: list[NDArray], dtype: type) -> NDArray:

@@ -200,8 +200,10 @@ def selection_lines(sel: dict[str, Any]) -> list[str]:
                  f"({cs['users']} users without a CF factor; beta = 0 is content only).")
     lines.append(f"- best baseline: {sel['baseline']['chosen']}; cold-slice comparator: {sel['cold_comparator']}.")
     for name, ref in sel["references"].items():
-        setting = {k: v for k, v in ref.items() if k != "recall@10"}
-        lines.append(f"- reference {name}: {setting}.")
+        param = "lambda" if name == "ease" else "k"
+        extra = (f"; EASE covers the {ref['items_covered']} most interacted items only (evaluate.ease_max_items)"
+                 if "items_covered" in ref else "")
+        lines.append(f"- reference {name}: {param} = {ref[param]!r}, chosen on {ref['users']} validation users{extra}.")
     return lines
 
 

@@ -125,7 +125,7 @@ def refine_points(grid: list[float], chosen: float) -> list[float]:
     step = min(np.diff(values)) if len(values) > 1 else 0.1
     below = (values[i - 1] + chosen) / 2 if i > 0 else chosen - step / 2
     above = (values[i + 1] + chosen) / 2 if i + 1 < len(values) else chosen + step / 2
-    points = {round(min(max(x, 0.0), 1.0), 6) for x in (below, above)}
+    points = {float(round(min(max(x, 0.0), 1.0), 6)) for x in (below, above)}
     return sorted(p for p in points if p not in set(values))
 
 

@@ -63,8 +63,8 @@ def _pass(cfg: Config, data: EvalData, parts: tuple[Part, ...], deadline: float,
         raise RecoptError(
             f"evaluate@{data.fold}: stopped at evaluate.time_limit_total_s={cfg.evaluate.time_limit_total_s} after "
             f"{len(result.done)} of {len(result.batches)} user batches; a choice or a gate on part of the users "
-            f"is not the study's answer, so nothing was written. The finished batches are checkpointed in "
-            f"{result.checkpoints}: re-run to resume, or raise evaluate.time_limit_total_s.")
+            f"is not the study's answer, so nothing was written. The finished batches are checkpointed under "
+            f"{cfg.paths.checkpoints}: re-run to resume, or raise evaluate.time_limit_total_s.")
     return result
 
 
@@ -128,7 +128,11 @@ def _select(cfg: Config, data: EvalData, parts: dict[str, Any], alphas: list[flo
         if cands:
             chosen = choose([(val, r.summary, True) for val, r in cands])
             refs[method] = {param: chosen if method == "ease" else int(chosen),
+                            "users": int(cands[0][1].summary["users_eval"]),
                             "recall@10": {repr(val): r.summary["recall@10"] for val, r in cands}}
+            if method == "ease":
+                covered = min(cfg.evaluate.ease_max_items, int((data.items["popularity"] > 0).sum()))
+                refs[method]["items_covered"] = covered
     return {
         "rule": "argmax of validation recall@10; ties: higher ndcg@10, then the first listed (smallest value)",
         "alpha": {"chosen": alpha_star, "grid": alphas, "edge": edge(alphas, alpha_star) if alpha_star is not None

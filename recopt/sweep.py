@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from recopt import tracking
 from recopt.artifacts import HELDOUT, Output, dump_json, metrics_path, open_artifact, output, write_text_atomic
 from recopt.config import Config
-from recopt.evaluate import EvalData, batch_path, evaluate_parts, load_checkpoint, load_eval_data
+from recopt.evaluate import EvalData, batch_path, evaluate_parts, load_eval_data, load_part
 from recopt.methods import ALPHA, BASELINE, COLD, Part
 from recopt.report import (acceptance_gates, console_table, gate_lines, intervals, plot_alpha_curve, runs_table,
                            slices_table, to_markdown, tuning_table, write_report)
@@ -42,37 +42,37 @@ def _lists_writer(out: Output, fold: FoldResult, runs: list[Run]) -> None:
     user_ids = data.users.sort("user")
     uid_sorted, uid_vals = user_ids["user"].to_numpy(), user_ids["userId"].to_numpy()
     writer = None
-    for p in fold.passes:
-        parts = tuple(r.part for r in p.parts.values())
-        for b in p.done:
-            chunk = load_checkpoint(batch_path(p.checkpoints, b), parts)
-            frames = []
-            for r in runs:
-                if any(name not in chunk for name, _ in r.pieces):
-                    continue
-                pieces = []
-                for name, keep in r.pieces:
-                    pb = chunk[name]
-                    mask = np.ones(len(pb.users), bool) if keep is None else user_slices(pb.users, data) == keep
-                    pieces.append((pb.users[mask], pb.lists[mask], pb.scores[mask]))
-                users = np.concatenate([x[0] for x in pieces])
-                lists = np.concatenate([x[1] for x in pieces])
-                scores = np.concatenate([x[2] for x in pieces])
-                order = np.argsort(users, kind="stable")
-                users, lists, scores = users[order], lists[order], scores[order]
-                ok = lists >= 0
-                rows, ranks = np.nonzero(ok)
-                frames.append(pa.table({
-                    "userId": uid_vals[np.searchsorted(uid_sorted, users)][rows].astype(np.int32),
-                    "run": pa.array(np.full(len(rows), r.name)).dictionary_encode(),
-                    "rank": (ranks + 1).astype(np.int16), "movieId": movie_ids[lists[ok]].astype(np.int32),
-                    "score": scores[ok]}))
-            if not frames:
-                continue
-            table = pa.concat_tables(frames).combine_chunks()
-            if writer is None:
-                writer = pq.ParquetWriter(out.path("lists"), table.schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema))
+    dirs = {name: path for p in fold.passes for name, path in p.checkpoints.items()}
+    for b in fold.passes[0].done:
+        chunk: dict[str, Any] = {}
+        frames = []
+        for r in runs:
+            for name, _ in r.pieces:
+                if name not in chunk:
+                    chunk[name] = load_part(batch_path(dirs[name], b))
+            pieces = []
+            for name, keep in r.pieces:
+                pb = chunk[name]
+                mask = np.ones(len(pb.users), bool) if keep is None else user_slices(pb.users, data) == keep
+                pieces.append((pb.users[mask], pb.lists[mask], pb.scores[mask]))
+            users = np.concatenate([x[0] for x in pieces])
+            lists = np.concatenate([x[1] for x in pieces])
+            scores = np.concatenate([x[2] for x in pieces])
+            order = np.argsort(users, kind="stable")
+            users, lists, scores = users[order], lists[order], scores[order]
+            ok = lists >= 0
+            rows, ranks = np.nonzero(ok)
+            frames.append(pa.table({
+                "userId": uid_vals[np.searchsorted(uid_sorted, users)][rows].astype(np.int32),
+                "run": pa.array(np.full(len(rows), r.name)).dictionary_encode(),
+                "rank": (ranks + 1).astype(np.int16), "movieId": movie_ids[lists[ok]].astype(np.int32),
+                "score": scores[ok]}))
+        if not frames:
+            continue
+        table = pa.concat_tables(frames).combine_chunks()
+        if writer is None:
+            writer = pq.ParquetWriter(out.path("lists"), table.schema, compression="zstd")
+        writer.write_table(table.cast(writer.schema))
     if writer is not None:
         writer.close()
 

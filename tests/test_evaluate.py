@@ -181,11 +181,13 @@ def test_resuming_from_checkpoints_gives_identical_results(built: Config, tmp_pa
     cfg = _own_checkpoints(built, tmp_path)
     data = load_eval_data(cfg, "test", reader="test")
     first = evaluate_parts(cfg, data, PARTS, deadline=None, desc="first")
-    files = sorted(first.checkpoints.glob("batch-*.npz"))
-    assert len(files) == len(first.batches) > 1
-    files[0].unlink()  # as if killed before the first batch was written
+    files = {name: sorted(d.glob("batch-*.npz")) for name, d in first.checkpoints.items()}
+    assert all(len(f) == len(first.batches) > 1 for f in files.values())
+    for f in files.values():
+        f[0].unlink()  # as if killed before the first batch was written
+    files["alpha=0.5"][1].unlink()  # and one part of the second batch lost
     again = evaluate_parts(cfg, data, PARTS, deadline=None, desc="again")
-    assert again.resumed == len(files) - 1
+    assert again.resumed == len(first.batches) - 1
     for p in PARTS:
         _assert_same(first.parts[p.name], again.parts[p.name])
 
@@ -211,7 +213,7 @@ def test_alpha_values_that_round_alike_never_share_checkpoints(built: Config, tm
     data = load_eval_data(cfg, "test", reader="test")
     a = evaluate_parts(cfg, data, (Part(ALPHA, 0.12),), deadline=None, desc="a")
     b = evaluate_parts(cfg, data, (Part(ALPHA, 0.125),), deadline=None, desc="b")
-    assert a.checkpoints != b.checkpoints and b.resumed == 0
+    assert a.checkpoints["alpha=0.12"] != b.checkpoints["alpha=0.125"] and b.resumed == 0
     assert not np.array_equal(a.parts["alpha=0.12"].top, b.parts["alpha=0.125"].top)
 
 
@@ -307,3 +309,25 @@ def test_the_collab_evaluate_recomputes_is_the_one_candidates_computed(built: Co
                           batch.user, batch.item)
     assert np.isnan(batch.collab).any() and (~np.isnan(batch.collab)).any()
     assert again.tobytes() == batch.collab.tobytes()
+
+
+def test_refine_adds_points_around_the_first_choice_and_chooses_again(built: Config, tmp_path: Path):
+    plain = run_tune(_own_checkpoints(built, tmp_path)).selection["alpha"]
+    refined = run_tune(_own_checkpoints(_with(built, "evaluate", refine=True), tmp_path)).selection["alpha"]
+    assert refined["refined"] == refine_points(plain["grid"], plain["chosen"]) and refined["refined"]
+    assert sorted(refined["grid"]) == sorted(plain["grid"] + refined["refined"])
+    recall = {float(a): v for a, v in refined["recall@10"].items()}
+    assert set(recall) == set(refined["grid"])
+    assert recall[refined["chosen"]] == max(recall.values())
+
+
+def test_a_new_part_is_computed_alone_the_others_resume(built: Config, tmp_path: Path):
+    cfg = _own_checkpoints(built, tmp_path)
+    data = load_eval_data(cfg, "test", reader="test")
+    first = evaluate_parts(cfg, data, PARTS[:2], deadline=None, desc="first")
+    stamps = {p: [f.stat().st_mtime_ns for f in sorted(d.glob("batch-*.npz"))] for p, d in first.checkpoints.items()}
+    more = evaluate_parts(cfg, data, (*PARTS[:2], Part(ALPHA, 0.8)), deadline=None, desc="more")
+    for p, d in first.checkpoints.items():  # the earlier parts were read back, not recomputed
+        assert [f.stat().st_mtime_ns for f in sorted(d.glob("batch-*.npz"))] == stamps[p]
+        _assert_same(first.parts[p], more.parts[p])
+    assert len(list(more.checkpoints["alpha=0.8"].glob("batch-*.npz"))) == len(more.batches)

@@ -159,7 +159,8 @@ def test_a_write_error_leaves_the_previous_artifact_whole(base: Path, tmp_path: 
         return real(path, arr, **kw)
 
     monkeypatch.setattr(artifacts.np, "save", failing_save)
-    with pytest.raises(PermissionError):
+    with pytest.raises(ArtifactError, match=r"cf_load@test: cannot write .*Permission denied .* the previous "
+                                            r"artifact, if any, is untouched"):
         run_cf_load(cfg, "test")
     assert (work / "data/cf_load/test/manifest.json").read_bytes() == before
     open_artifact(cfg.paths, "cf_load", "test", reader="test")  # still whole and verified

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from tests.conftest import copy_repo, needs_ml_small, run_cmd
 
@@ -180,3 +181,17 @@ def test_dvc_pipeline_on_movielens_sample(tmp_path: Path) -> None:
     assert tuning.height == 3 and (tuning["recall@10"] > 0).all()
     metrics = json.loads((repo / "metrics/test.json").read_text())
     assert metrics["alpha_star"] in (0.35, 0.5, 0.65)
+
+
+def test_an_optuna_search_maximises_validation_recall(tiny_repo: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed")
+    out = run_cmd(["python", "-m", "stages.evaluate", "-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3",
+                   "data.preset=tiny", "rerank.mmr_lambda=interval(0,0.5)"], tiny_repo).stdout
+    csv = tiny_repo / out.split("comparison: ")[1].split()[0]
+    table = pl.read_csv(csv)
+    trials = table.filter(pl.col("run").str.starts_with("alpha="))
+    assert trials.height == 3 and trials["run"].str.contains("rerank.mmr_lambda=").all()
+    best = yaml.safe_load((csv.parent / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(trials["recall@10"].max())
+    plots = run_cmd(["dvc", "plots", "diff", "HEAD", "--json"], tiny_repo).stdout
+    assert "alpha_curve" in plots
