@@ -34,10 +34,15 @@ def _runs(repo: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A repo copy after `dvc exp run -S data.preset=tiny`, and what the run printed."""
     repo = copy_repo(tmp_path_factory.mktemp("tiny"))
-    run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny"], repo)
-    return repo
+    return repo, run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny"], repo).stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tiny_run: tuple[Path, str]) -> Path:
+    return tiny_run[0]
 
 
 def test_dvc_pipeline_builds_both_folds_and_every_output(tiny_repo: Path) -> None:
@@ -61,9 +66,8 @@ def test_dvc_pipeline_builds_both_folds_and_every_output(tiny_repo: Path) -> Non
     assert "up to date" in run_cmd(["dvc", "status"], tiny_repo).stdout
 
 
-def test_console_ends_with_the_table_the_verdicts_and_the_report(tmp_path: Path) -> None:
-    repo = copy_repo(tmp_path)
-    out = run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny"], repo).stdout
+def test_console_ends_with_the_table_the_verdicts_and_the_report(tiny_run: tuple[Path, str]) -> None:
+    out = tiny_run[1]
     tail = out[out.index("evaluate@test — runs on test"):]
     assert "* alpha=" in tail and "recall@10" in tail and "Gate 1 " in tail and "Gate 2 " in tail
     assert "report: data/evaluate/test/report.md" in tail
