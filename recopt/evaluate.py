@@ -71,6 +71,7 @@ class EvalData:
 def load_eval_data(cfg: Config, fold: str, reader: str) -> EvalData:
     """Open and verify candidates@fold, split@fold, embed_load@fold and cf_load@fold."""
     cand = open_artifact(cfg.paths, "candidates", fold, reader=reader)
+    cand.read_all()  # the pools a pass reads depend on its checkpoints; the recorded inputs must not
     split = open_artifact(cfg.paths, "split", fold, reader=reader)
     embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader)
     cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader)

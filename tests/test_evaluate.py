@@ -331,3 +331,24 @@ def test_a_new_part_is_computed_alone_the_others_resume(built: Config, tmp_path:
         assert [f.stat().st_mtime_ns for f in sorted(d.glob("batch-*.npz"))] == stamps[p]
         _assert_same(first.parts[p], more.parts[p])
     assert len(list(more.checkpoints["alpha=0.8"].glob("batch-*.npz"))) == len(more.batches)
+
+
+def test_the_evaluate_artifact_is_the_same_bytes_computed_or_resumed(built: Config, tmp_path: Path):
+    """What a pass reads depends on its checkpoints; the artifact (manifest included) must not."""
+    import hashlib
+
+    from recopt.sweep import evaluate_fold
+
+    cfg = _with(built, "paths", checkpoints=str(tmp_path / "ck"), evaluate=str(tmp_path / "ev"),
+                runs=str(tmp_path / "runs"), metrics=str(tmp_path / "metrics"),
+                mlflow_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db", mlflow_artifacts=str(tmp_path / "mlruns/a"))
+
+    def digests() -> dict[str, str]:
+        root = tmp_path / "ev" / "tune"
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+                if p.is_file()}
+
+    evaluate_fold(cfg, "tune")
+    fresh = digests()
+    evaluate_fold(cfg, "tune")  # every part resumes from its checkpoints now
+    assert digests() == fresh
