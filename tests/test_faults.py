@@ -59,24 +59,39 @@ def build_all(root: Path, *overrides: str) -> Path:
     return params
 
 
-def kill_while_writing(stage: str, fold: str | None, art_fold: str | None, params: Path) -> bool:
-    """Start the stage and SIGKILL it while its output is open: once it wrote a first file into its staging
-    folder, or 0.2 s after the folder appeared (the stage then is computing what it writes next). False if
-    it finished first."""
-    target = artifact_dir(read_params(params).paths, stage, art_fold)
-    proc = subprocess.Popen(stage_cmd(stage, fold, params), cwd=ROOT, env=tool_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline, opened = time.time() + 600, None
-    while time.time() < deadline and proc.poll() is None:
-        staging = list(target.parent.glob(f".{target.name}.staging-{proc.pid}-*"))
-        opened = opened or (time.time() if staging else None)
-        if staging and (any(p.is_file() for p in staging[0].rglob("*")) or time.time() - opened > 0.2):
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.003)
-    proc.wait()
-    return False
+# Runs a stage in a real process that SIGKILLs itself at a chosen point of its write, so the point is
+# hit every time (polling from outside misses a fast stage): "files" = when a file is about to be written
+# into the staging folder after another one landed there; "swap" = inside the commit, after the old artifact
+# was moved aside and before the new one is renamed into place.
+KILLER = """
+import os, runpy, signal, sys
+from recopt import artifacts
+point, module = sys.argv[1], sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+if point == "files":
+    real_path = artifacts.Output.path
+    def path(self, name):
+        if any(p.is_file() for p in self.staging.rglob("*")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_path(self, name)
+    artifacts.Output.path = path
+else:
+    real_replace = os.replace
+    def replace(src, dst):
+        if ".staging-" in str(src):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_replace(src, dst)
+    artifacts.os.replace = replace
+runpy.run_module(module, run_name="__main__")
+"""
+
+
+def kill_while_writing(stage: str, fold: str | None, params: Path, point: str) -> bool:
+    """Run the stage until it SIGKILLs itself at `point`; False if it exited otherwise."""
+    cmd = stage_cmd(stage, fold, params)
+    proc = subprocess.run([sys.executable, "-c", KILLER, point, cmd[2], *cmd[3:]], cwd=ROOT, env=tool_env(),
+                          capture_output=True, text=True, timeout=900)
+    return proc.returncode == -signal.SIGKILL
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -91,16 +106,18 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.parametrize("point", ["files", "swap"])
 @pytest.mark.parametrize(("stage", "fold", "art_fold", "change"), STAGES,
                          ids=[f"{s}@{f}" if f else s for s, _, f, _ in STAGES])
 def test_a_stage_killed_while_writing_leaves_old_or_nothing_and_reruns_identically(
-        base: Path, tmp_path: Path, stage: str, fold: str | None, art_fold: str | None, change: str) -> None:
+        base: Path, tmp_path: Path, stage: str, fold: str | None, art_fold: str | None, change: str,
+        point: str) -> None:
     work = tmp_path / "work"
     shutil.copytree(base, work)
     old = artifact_dir(read_params(write_params(work)).paths, stage, art_fold)
     old_manifest = (old / "manifest.json").read_bytes()
     params = write_params(work, change)
-    assert kill_while_writing(stage, fold, art_fold, params), "the stage finished before it could be killed"
+    assert kill_while_writing(stage, fold, params, point), f"the stage never reached the {point!r} point"
     cfg = read_params(params)
     try:
         art = open_artifact(cfg.paths, stage, art_fold, reader="test")
@@ -115,7 +132,8 @@ def test_a_stage_killed_while_writing_leaves_old_or_nothing_and_reruns_identical
     run(stage, fold, write_params(fresh, change))
     rel = artifact_dir(cfg.paths, stage, art_fold).relative_to(work).as_posix()
     assert digests(work)[rel] == digests(fresh)[rel]
-    assert not list((work / "data").rglob(".*.staging-*")), "a killed run's staging folder was not cleaned up"
+    leftovers = [*(work / "data").rglob(".*.staging-*"), *(work / "data").rglob(".*.old-*")]
+    assert not leftovers, f"a killed run's folders were not cleaned up: {leftovers}"
 
 
 def test_evaluate_killed_mid_pass_resumes_to_identical_results(base: Path, tmp_path: Path) -> None:
