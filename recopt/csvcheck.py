@@ -1,8 +1,9 @@
 """Read one delimited text file into a frame; every way it can be malformed is a `Problem`.
 
 A private helper of `recopt.movielens`, whose docstring states the rules. Two
-layouts: "csv" (',' separated, a header line, '"' quotes, UTF-8) and "dat"
-('::' separated, no header, no quotes, UTF-8 or else latin-1).
+layouts: "csv" (',' separated, a header line, '"' quotes, UTF-8) and the headerless
+ones, no quotes, UTF-8 or else latin-1: "dat" ('::' separated, ml-1m / ml-10m), "tab"
+and "pipe" (TAB and '|' separated: ml-100k's u.data and u.item).
 
 The happy path is one typed, vectorised polars pass. Only when polars fails,
 or the pass finds a problem that may come from a malformed line, does `_scan`
@@ -29,6 +30,7 @@ from recopt.schemas import N_EXAMPLES, Problem, Schema, first_few, validate_fram
 _BOM = codecs.BOM_UTF8
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _SEPARATORS = {",": "','", ";": "';'", "\t": "TAB ('\\t': tab-separated)", "|": "'|'"}
+_HEADERLESS = {"dat": "::", "tab": "\t", "pipe": "|"}  # layout -> field separator
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class Table:
 
 
 def read_table(path: Path, schema: Schema, layout: str) -> Table:
-    """Read `path` ("csv" or "dat" layout) against `schema`; see the module docstring."""
-    return _read_csv(path, schema) if layout == "csv" else _read_dat(path, schema)
+    """Read `path` (a layout of the module docstring) against `schema`."""
+    return _read_csv(path, schema) if layout == "csv" else _read_headerless(path, schema, layout)
 
 
 def _read_csv(path: Path, schema: Schema) -> Table:
@@ -84,33 +86,33 @@ def _read_csv(path: Path, schema: Schema) -> Table:
     return _checked(df, file, schema, 2, bom, False) or _scan(path.open("rb"), file, schema, "csv", bom)
 
 
-def _read_dat(path: Path, schema: Schema) -> Table:
-    file = str(path)
+def _read_headerless(path: Path, schema: Schema, layout: str) -> Table:
+    file, sep = str(path), _HEADERLESS[layout]
     raw = path.read_bytes()
     bom = raw.startswith(_BOM)
     raw = raw[len(_BOM):] if bom else raw
     if not raw.strip():
-        return Table(None, [_empty(file, schema, "dat")], 1, bom=bom)
+        return Table(None, [_empty(file, schema, layout)], 1, bom=bom)
     latin1 = False
     if not raw.isascii():
         try:
             raw.decode("utf-8")
-        except UnicodeDecodeError:  # ml-1m is latin-1; every byte string is valid latin-1
+        except UnicodeDecodeError:  # ml-1m, ml-100k are latin-1; every byte string is valid latin-1
             raw, latin1 = raw.decode("latin-1").encode("utf-8"), True
     head = raw[:1 << 16]
     first = next((line for line in head.split(b"\n") if line.strip()), b"").removesuffix(b"\r")
-    problems = _header_problems(file, head, first, "::")
+    problems = _header_problems(file, head, first, sep)
     if problems:
         return Table(None, problems, 1, bom=bom, latin1=latin1)
     names = list(schema.columns)
     try:
-        df = pl.read_csv(io.BytesIO(raw.replace(b"::", b"\x1f")), has_header=False, new_columns=names,
+        df = pl.read_csv(io.BytesIO(raw.replace(sep.encode(), b"\x1f")), has_header=False, new_columns=names,
                          separator="\x1f", quote_char=None, infer_schema=False,
                          schema_overrides={c: schema.columns[c].dtype for c in names})
     except pl.exceptions.PolarsError:
-        return _scan(io.BytesIO(raw), file, schema, "dat", bom, latin1)
+        return _scan(io.BytesIO(raw), file, schema, layout, bom, latin1)
     return (_checked(df, file, schema, 1, bom, latin1)
-            or _scan(io.BytesIO(raw), file, schema, "dat", bom, latin1))
+            or _scan(io.BytesIO(raw), file, schema, layout, bom, latin1))
 
 
 def _empty(file: str, schema: Schema, layout: str) -> Problem:
@@ -142,13 +144,14 @@ def _header_problems(file: str, head: bytes, first: bytes, sep: str) -> list[Pro
     if text.count(found) == 0:
         return [] if sep == "," else [Problem(
             file, None, f"line 1 is not separated by '{sep}': {text[:80]!r}",
-            "write one record per line with the fields separated by '::'")]
+            f"write one record per line with the fields separated by {_SEPARATORS.get(sep, repr(sep))}")]
     fix = (f"re-save it comma-separated, e.g. pandas.read_csv('{name}', sep={found!r})"
            f".to_csv('{name}', index=False), or sed 's/{found.encode('unicode_escape').decode()}/,/g'"
            f" if no value contains {found!r} or ','") if sep == "," else (
-           f"separate the fields with '::' (or use the CSV layout: {Path(name).stem}.csv "
-           f"with a header line)")
-    return [Problem(file, None, f"the file is separated by {_SEPARATORS[found]}, not '{sep}'", fix)]
+           f"separate the fields with {_SEPARATORS.get(sep, repr(sep))}" + (
+               f" (or use the CSV layout: {Path(name).stem}.csv with a header line)" if sep == "::" else ""))
+    return [Problem(file, None, f"the file is separated by {_SEPARATORS[found]}, not "
+                                f"{_SEPARATORS.get(sep, repr(sep))}", fix)]
 
 
 def _checked(df: pl.DataFrame, file: str, schema: Schema, first_line: int,
@@ -173,7 +176,7 @@ def _checked(df: pl.DataFrame, file: str, schema: Schema, first_line: int,
 def _scan(stream: IO[bytes], file: str, schema: Schema, layout: str,
           bom: bool, latin1: bool = False) -> Table:
     """Check every line on its own; validate the well-formed ones as text."""
-    sep = "," if layout == "csv" else "::"
+    sep = "," if layout == "csv" else _HEADERLESS[layout]
     header = None if layout == "csv" else list(schema.columns)
     not_utf8, quotes, widths, repeated = _Fault(), _Fault(), _Fault(), _Fault()
     good, body, blank = array("q"), io.BytesIO(), 0
@@ -237,7 +240,7 @@ def _parse_lines(body: io.BytesIO, header: list[str], schema: Schema) -> pl.Data
 
 
 def _split(text: str, sep: str) -> list[str]:
-    if sep == "::":
+    if sep != ",":  # headerless layouts have no quoting
         return text.split(sep)
     return text.split(sep) if '"' not in text else next(csv.reader([text], strict=True))
 

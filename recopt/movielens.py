@@ -6,10 +6,15 @@ Layouts, detected by which files exist in the folder:
   on '|'), optional tags.csv. links.csv is ignored. UTF-8, ',' separated, a
   header line, '"' quotes.
 * `::` (ml-1m, ml-10m): ratings.dat, movies.dat, optional tags.dat, no header,
-  no quotes. UTF-8, except that a `.dat` file that is not valid UTF-8 is
-  decoded as latin-1, counted in files as `latin1_files`: ml-1m is published
-  in latin-1. CSV files get no such fallback (a wrong guess would garble
-  titles silently); they must be UTF-8.
+  no quotes.
+* ml-100k: u.data (userId, movieId, rating, timestamp; TAB separated) and
+  u.item ('|' separated: movieId, title, release date, video release date, IMDb
+  URL, then one 0/1 flag per genre of u.genre, in its documented order; the
+  flag "unknown" means no genre). No header, no quotes, no tags.
+* The headerless files are UTF-8, except that one that is not valid UTF-8 is
+  decoded as latin-1, counted in files as `latin1_files`: ml-1m and ml-100k are
+  published in latin-1. CSV files get no such fallback (a wrong guess would
+  garble titles silently); they must be UTF-8.
 * Either layout may add providers.csv (movieId,provider) and
   user_providers.csv (userId,provider).
 
@@ -68,7 +73,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,13 +89,31 @@ from recopt.schemas import (
 
 _MOVIE_FILE = Schema("movies", {"movieId": Column(pl.Int32), "title": Column(pl.String),
                                  "genres": Column(pl.String)}, key=("movieId",), allow_empty=False)
-# name -> (schema of the file, required, follows the layout's extension; else always .csv)
-_FILES: dict[str, tuple[Schema, bool, bool]] = {
-    "ratings": (RATINGS, True, True),
-    "movies": (_MOVIE_FILE, True, True),
-    "tags": (TAGS, False, True),
-    "providers": (PROVIDERS, False, False),
-    "user_providers": (USER_PROVIDERS, False, False),
+# ml-100k's genre flags, in u.genre's order (its README); "unknown" is no genre
+_GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                "War", "Western")
+_ITEM_100K = Schema("movies", {"movieId": Column(pl.Int32), "title": Column(pl.String),
+                               "release_date": Column(pl.String, nullable=True),
+                               "video_release_date": Column(pl.String, nullable=True),
+                               "imdb_url": Column(pl.String, nullable=True),
+                               **{g: Column(pl.Int8, min=0, max=1) for g in _GENRES_100K}},
+                    key=("movieId",), allow_empty=False)
+# name -> (schema, required); then each layout's file name and format of each
+_FILES: dict[str, tuple[Schema, bool]] = {
+    "ratings": (RATINGS, True),
+    "movies": (_MOVIE_FILE, True),
+    "tags": (TAGS, False),
+    "providers": (PROVIDERS, False),
+    "user_providers": (USER_PROVIDERS, False),
+}
+_EXTRA = {"providers": ("providers.csv", "csv"), "user_providers": ("user_providers.csv", "csv")}
+_LAYOUTS: dict[str, dict[str, tuple[str, str]]] = {
+    "csv": {"ratings": ("ratings.csv", "csv"), "movies": ("movies.csv", "csv"), "tags": ("tags.csv", "csv"),
+            **_EXTRA},
+    "dat": {"ratings": ("ratings.dat", "dat"), "movies": ("movies.dat", "dat"), "tags": ("tags.dat", "dat"),
+            **_EXTRA},
+    "100k": {"ratings": ("u.data", "tab"), "movies": ("u.item", "pipe"), **_EXTRA},
 }
 _NO_GENRES = "(no genres listed)"
 # URLError/TimeoutError/connection resets are OSErrors; a cut body is an HTTPException.
@@ -117,7 +140,7 @@ def read_movielens(folder: Path) -> MovieLensData:
     """Read, validate and normalise the MovieLens release in `folder`.
 
     Args:
-        folder: a folder holding a release in the CSV or the `::` layout.
+        folder: a folder holding a release in the CSV, the `::` or the ml-100k layout.
 
     Returns:
         The canonical frames, the counts of every rule applied, and the
@@ -131,15 +154,17 @@ def read_movielens(folder: Path) -> MovieLensData:
     tables: dict[str, Table] = {}
     problems: list[Problem] = []
     to_seconds: dict[str, int] = {"ratings": 0, "tags": 0}
-    for name, (schema, required, layout_ext) in _FILES.items():
-        path = folder / f"{name}.{layout if layout_ext else 'csv'}"
+    for name, (file_name, fmt) in _LAYOUTS[layout].items():
+        schema, required = _FILES[name]
+        schema = _ITEM_100K if (layout, name) == ("100k", "movies") else schema
+        path = folder / file_name
         if not path.is_file():
             if required:
                 problems.append(Problem(
                     str(path), None, "required file is missing",
                     f"point to a MovieLens folder containing {_expected(layout)}"))
             continue
-        table = tables[name] = read_table(path, schema, layout if layout_ext else "csv")
+        table = tables[name] = read_table(path, schema, fmt)
         problems += table.problems
         if table.frame is not None and name in to_seconds and "timestamp" in table.frame.columns:
             found, to_seconds[name] = _timestamp_unit(table, str(path))
@@ -148,6 +173,8 @@ def read_movielens(folder: Path) -> MovieLensData:
             problems += _rating_scale(table, str(path))
     check(problems)
 
+    if layout == "100k":
+        tables["movies"] = replace(tables["movies"], frame=_movies_from_flags(tables["movies"].frame))
     frames = {name: cast_frame(t.frame, _FILES[name][0]) for name, t in tables.items()}
     for name, n in to_seconds.items():
         if n:
@@ -176,20 +203,27 @@ def read_movielens(folder: Path) -> MovieLensData:
                          frames.get("user_providers"), counts, superseded)
 
 
+def _movies_from_flags(items: pl.DataFrame) -> pl.DataFrame:
+    """ml-100k's u.item as the movie file's columns: genres '|'-joined from the flags."""
+    named = [pl.when(pl.col(g).cast(pl.Int8) == 1).then(pl.lit(g)) for g in _GENRES_100K if g != "unknown"]
+    return items.select("movieId", "title", genres=pl.concat_list(named).list.drop_nulls().list.join("|"))
+
+
 def _detect_layout(folder: Path) -> str:
-    if (folder / "ratings.csv").is_file() or (folder / "movies.csv").is_file():
-        return "csv"
-    if (folder / "ratings.dat").is_file() or (folder / "movies.dat").is_file():
-        return "dat"
-    inner = sorted(folder.glob("*/ratings.*")) if folder.is_dir() else []
+    for layout, files in _LAYOUTS.items():
+        if (folder / files["ratings"][0]).is_file() or (folder / files["movies"][0]).is_file():
+            return layout
+    inner = sorted([*folder.glob("*/ratings.*"), *folder.glob("*/u.data")]) if folder.is_dir() else []
     fix = (f"point to {inner[0].parent}" if inner else
-           f"point to a MovieLens folder containing {_expected('csv')} or {_expected('dat')}")
+           "point to a MovieLens folder containing " + " or ".join(_expected(lay) for lay in _LAYOUTS))
     what = "is not a folder" if not folder.is_dir() else "contains no MovieLens ratings file"
     raise DataError([Problem(str(folder), None, what, fix)])
 
 
 def _expected(layout: str) -> str:
-    return f"ratings.{layout} and movies.{layout} (optional tags.{layout})"
+    files = _LAYOUTS[layout]
+    tags = f" (optional {files['tags'][0]})" if "tags" in files else ""
+    return f"{files['ratings'][0]} and {files['movies'][0]}{tags}"
 
 
 def _timestamp_unit(table: Table, file: str) -> tuple[list[Problem], int]:
@@ -364,8 +398,8 @@ def _extract(release: str, url: str, archive: Path, into: Path) -> Path:
         raise DataError([Problem(
             url, None, f"archive of '{release}' is corrupt: {err}",
             "download again; if it persists the published file or md5 is wrong")]) from err
-    found = sorted(into.rglob("ratings.csv")) or sorted(into.rglob("ratings.dat"))
+    found = [p for files in _LAYOUTS.values() for p in sorted(into.rglob(files["ratings"][0]))]
     if not found:
-        check([Problem(url, None, f"archive of '{release}' has no ratings.csv or ratings.dat",
+        check([Problem(url, None, f"archive of '{release}' has no ratings.csv, ratings.dat or u.data",
                        "use the zip of a MovieLens release")])
     return found[0].parent

@@ -284,6 +284,80 @@ def test_double_colon_layout_missing_movies(tmp_path):
         read_movielens(folder)
 
 
+# --- the ml-100k layout ---------------------------------------------------------
+
+def flags(*genres: str) -> str:
+    names = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+             "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+             "War", "Western")
+    return "|".join("1" if n in genres else "0" for n in names)
+
+
+def ml100k_folder(tmp_path: Path) -> Path:
+    """u.item in latin-1 as published: id|title|release date|video release date|IMDb URL|19 genre flags."""
+    kids = "Children's"
+    items = (f"1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)|"
+             f"{flags('Animation', kids, 'Comedy')}\n"
+             f"2|Misérables, Les (1995)|01-Jan-1995||http://x|{flags('Drama', 'War')}\n"
+             f"267|unknown||||{flags('unknown')}\n")
+    ratings = "196\t1\t3\t881250949\n186\t2\t3\t891717742\n196\t267\t1\t878887116\n"
+    return write(tmp_path / "ml-100k", u_item=items.encode("latin-1"), u_data=ratings,
+                 u_genre="unknown|0\nAction|1\n")
+
+
+def test_reads_the_ml100k_layout(tmp_path):
+    data = read_movielens(ml100k_folder(tmp_path))
+    assert data.movies.rows() == [
+        (1, "Toy Story (1995)", 1995, ["Animation", "Children's", "Comedy"]),
+        (2, "Misérables, Les (1995)", 1995, ["Drama", "War"]),
+        (267, "unknown", None, []),
+    ]
+    assert data.ratings.rows() == [(196, 1, 3.0, 881250949), (186, 2, 3.0, 891717742), (196, 267, 1.0, 878887116)]
+    assert data.ratings.schema == empty_frame(RATINGS).schema
+    assert data.tags.height == 0
+    assert data.counts["latin1_files"] == 1
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"MovieLens ml-latest-small not found at {REAL}")
+def test_ml_latest_small_written_in_the_ml100k_layout_reads_the_same(tmp_path):
+    """Oracle: the same ratings and movies, written as u.data / u.item, read back equal to the CSV layout
+    (genres kept to the ones ml-100k has a flag for)."""
+    real = read_movielens(REAL)
+    known = {"Action", "Adventure", "Animation", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+             "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"}
+    movies = real.movies.with_columns(pl.col("genres").list.eval(pl.element().filter(pl.element().is_in(known))))
+    folder = tmp_path / "ml-100k-like"
+    folder.mkdir()
+    real.ratings.write_csv(folder / "u.data", separator="\t", include_header=False)
+    lines = [f"{m}|{t}|||x|{flags(*g)}" for m, t, g in movies.select("movieId", "title", "genres").iter_rows()]
+    (folder / "u.item").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    read = read_movielens(folder)
+    assert read.ratings.sort("userId", "movieId").equals(real.ratings.sort("userId", "movieId"))
+    assert read.movies.sort("movieId").equals(movies.sort("movieId"))
+
+
+def test_ml100k_file_with_the_wrong_separator_is_named(tmp_path):
+    folder = ml100k_folder(tmp_path)
+    (folder / "u.data").write_text("196,1,3,881250949\n")
+    with pytest.raises(DataError, match=r"u\.data: the file is separated by ',', not TAB .* separate the "
+                                        r"fields with TAB"):
+        read_movielens(folder)
+
+
+def test_ml100k_bad_genre_flag_names_the_column_and_line(tmp_path):
+    folder = ml100k_folder(tmp_path)
+    (folder / "u.item").write_text(f"1|Toy Story (1995)|||x|{flags('Comedy').replace('0', '2', 1)}\n")
+    with pytest.raises(DataError, match=r"u\.item: column 'unknown': 1 value\(s\) outside \[0, 1\], e\.g\. 2 "
+                                        r"\(line 1\)"):
+        read_movielens(folder)
+
+
+def test_ml100k_missing_item_file_is_named(tmp_path):
+    folder = write(tmp_path / "ml-100k", u_data="196\t1\t3\t881250949\n")
+    with pytest.raises(DataError, match=r"u\.item: required file is missing .*u\.data and u\.item"):
+        read_movielens(folder)
+
+
 # --- download ---------------------------------------------------------------------
 
 def make_zip(release: str) -> bytes:
