@@ -55,8 +55,9 @@ def main() -> None:
     step(f"generate + ingest (synthetic {a.preset})", [*py, "stages.ingest", f"data.preset={a.preset}", *paths])
     subprocess.run([sys.executable, "-c", TO_CSV, str(w / "ingest"), str(csv)], check=True)
     rows = sum(1 for _ in open(csv / "ratings.csv")) - 1
-    step(f"ingest MovieLens CSV ({rows:,} ratings)", [*py, "stages.ingest", "data=movielens", f"data.path={csv}", *paths])
-    step("split (temporal_user, 5% cold)", [*py, "stages.split", *paths])
+    movielens = ["data=movielens", f"data.path={csv}"]
+    step(f"ingest MovieLens CSV ({rows:,} ratings)", [*py, "stages.ingest", *movielens, *paths])
+    step("split (temporal_user, 5% cold)", [*py, "stages.split", *movielens, *paths])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Each stage writes one *artifact* per fold (``ingest`` has no fold): a folder
 ``paths.<stage>[/<fold>]`` holding the files named in :data:`LAYOUT` and a
 ``manifest.json`` written last, listing every file with its size and sha256,
 the sha256 of every input file it was built from (``inputs``: exactly the files
-it read, so the tune fold, built from train alone, records no test file) and a
+it read, so the tune fold, built from train alone, records no test file), the
+config values it was built with (``params``: its own stage's keys of
+:data:`PARAMS` and, transitively, those of everything upstream) and a
 deterministic ``summary`` of counts. Writes go to a staging folder next to the
 target, which replaces the target only once the manifest is written, so a
 stage killed part-way leaves the previous artifact or none -- never a mix.
@@ -12,7 +14,10 @@ stage killed part-way leaves the previous artifact or none -- never a mix.
 Readers call :func:`open_artifact`, which refuses, with one error naming the
 stage to re-run, an artifact that is missing, has no manifest (interrupted),
 holds a file that is missing, resized, changed or unlisted, or was built from
-an upstream artifact that has since been rebuilt differently.
+an upstream artifact that has since been rebuilt differently -- or, given the
+reader's config, was built with other values of the keys it depends on (a
+Hydra run overriding `candidates.c_max` would otherwise report pools built with
+another value under its own label).
 
 Run facts (wall time, peak memory, step timings) never enter an artifact: they
 go to ``paths.runs/<stage>[@fold].json``, so identical data hashes identically
@@ -38,7 +43,7 @@ from recopt.errors import RecoptError
 from recopt.runlog import log, peak_rss_mb
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2
 FOLDS = ("tune", "test")
 HELDOUT = {"tune": "validation", "test": "test"}  # what each fold scores on
 POOL_PATTERN = "pools/part-{batch:05d}.parquet"
@@ -61,6 +66,16 @@ LAYOUT: dict[str, dict[str, str]] = {
                  "intervals": "intervals.csv"},
 }
 FOLDED = {"split", "embed_load", "cf_load", "candidates", "evaluate"}
+# The config keys each stage's output depends on: dvc.yaml's params of the stage minus paths and
+# engine, which never change a result (tests/test_dvc_deps.py checks that the two agree).
+PARAMS: dict[str, tuple[str, ...]] = {
+    "ingest": ("seed", "data"),
+    "split": ("seed", "relevance_threshold", "split"),
+    "embed_load": ("seed", "embed_load"),
+    "cf_load": ("seed", "cf_load"),
+    "candidates": ("seed", "relevance_threshold", "candidates"),
+    "evaluate": ("seed", "alpha", "relevance_threshold", "rerank", "evaluate"),
+}
 # small git-tracked files DVC compares across experiments (`dvc exp show`, `dvc plots diff`), per fold
 METRICS = {"metrics": "{fold}.json", "curve": "{fold}_alpha_curve.csv"}
 
@@ -132,6 +147,32 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def param_values(config: Any, keys: Any) -> dict[str, Any]:
+    """The config's values of `keys` (sections are flattened to their leaves: `candidates.c_max`)."""
+    tree = config.to_dict()
+    flat: dict[str, Any] = {}
+
+    def visit(key: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{key}.{k}", v)
+        else:
+            flat[key] = json.loads(json.dumps(value, default=_jsonable))
+
+    for key in keys:
+        node = tree
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        visit(key, node)
+    return flat
+
+
+def _params_problems(recorded: dict[str, Any], config: Any) -> list[str]:
+    current = param_values(config, {k.split(".")[0] for k in recorded})
+    return [f"{k}={json.dumps(v)} (the config now has {json.dumps(current.get(k))})"
+            for k, v in sorted(recorded.items()) if current.get(k) != v]
+
+
 def _fix(stage: str, fold: str | None) -> str:
     return f"re-run `dvc repro {dvc_name(stage, fold)}` (or `python -m stages.{stage}" + (
         f" --fold {fold}`)" if fold else "`)")
@@ -198,11 +239,12 @@ def _hash_cached(path: Path, st: os.stat_result) -> str:
     return _VERIFIED[key]
 
 
-def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: str) -> Stored:
+def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: str, config: Any = None) -> Stored:
     """Verify and open the artifact of `stage` (at `fold`) for the stage `reader`.
 
     Raises ArtifactError naming the stage to re-run when the artifact is missing,
-    incomplete, changed, or stale against its own inputs.
+    incomplete, changed, stale against its own inputs, or -- when the reader's
+    `config` is given -- built with other values of the keys it depends on.
     """
     root = artifact_dir(paths, stage, fold)
     name = label(stage, fold)
@@ -254,6 +296,13 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
         if current is not None and current != digest:
             raise ArtifactError(f"{reader}: its input {name} was built from a different {up} {rel} than the one "
                                 f"now in {up_root} (stale) — {fix}")
+    differ = _params_problems(manifest.get("params", {}), config) if config is not None else []
+    if differ:
+        raise ArtifactError(
+            f"{reader}: its input {name} was built with {'; '.join(differ[:5])}"
+            f"{f' and {len(differ) - 5} more' if len(differ) > 5 else ''} — {fix} with this config; a Hydra "
+            "run composes conf/ with its overrides, so pass the values the pipeline was built with (or build "
+            "it with these: `dvc exp run -S key=value`)")
     return Stored(stage, fold, root, manifest, sha256_file(mpath))
 
 
@@ -271,8 +320,8 @@ def _sweep_leftovers(root: Path) -> None:
 class Output:
     """A stage's artifact being written: files go to a staging folder until :meth:`commit`."""
 
-    def __init__(self, paths: Any, stage: str, fold: str | None, runs_dir: Path) -> None:
-        self.stage, self.fold = stage, fold
+    def __init__(self, paths: Any, stage: str, fold: str | None, runs_dir: Path, params: dict[str, Any]) -> None:
+        self.stage, self.fold, self.params = stage, fold, params
         self.root = artifact_dir(paths, stage, fold)
         self.staging = self.root.parent / f".{self.root.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.inputs: dict[str, str] = {}
@@ -329,11 +378,15 @@ class Output:
         for p in sorted(self.staging.rglob("*")):
             if p.is_file():
                 files[str(p.relative_to(self.staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        params: dict[str, Any] = {}
         for src in self.sources:
+            params.update(src.manifest.get("params", {}))
             for rel in src.read:
                 self.inputs[f"{src.label}/{rel}"] = src.sha256(rel)
+        params.update(self.params)
         manifest = {"stage": self.stage, "fold": self.fold, "format": FORMAT, "files": files,
-                    "inputs": dict(sorted(self.inputs.items())), "summary": self.summary}
+                    "inputs": dict(sorted(self.inputs.items())), "params": dict(sorted(params.items())),
+                    "summary": self.summary}
         (self.staging / MANIFEST).write_text(dump_json(manifest), encoding="utf-8")
         old = self.root.parent / f".{self.root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if self.root.exists():
@@ -374,4 +427,4 @@ class Output:
 
 def output(cfg: Any, stage: str, fold: str | None = None) -> Output:
     """Start writing the artifact of `stage` (at `fold`); use as a context manager."""
-    return Output(cfg.paths, stage, fold, Path(cfg.paths.runs))
+    return Output(cfg.paths, stage, fold, Path(cfg.paths.runs), param_values(cfg, PARAMS[stage]))

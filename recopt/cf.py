@@ -173,8 +173,8 @@ def run_cf_load(cfg: Config, fold: str) -> dict[str, Any]:
     """Run the cf-load stage for `fold`: that fold's train (+ the catalog) -> factors."""
     cf = cfg.cf_load
     reader = f"cf_load@{fold}"
-    ingest = open_artifact(cfg.paths, "ingest", reader=reader)
-    split = open_artifact(cfg.paths, "split", fold, reader=reader)
+    ingest = open_artifact(cfg.paths, "ingest", reader=reader, config=cfg)
+    split = open_artifact(cfg.paths, "split", fold, reader=reader, config=cfg)
     with output(cfg, "cf_load", fold) as out:
         out.uses(ingest, split)
         t = out.timings

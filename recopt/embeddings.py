@@ -273,8 +273,8 @@ def run_embed_load(cfg: Config, fold: str) -> dict[str, Any]:
     """Run the embed-load stage for `fold`: the catalog (+ that fold's train-period tags) -> embeddings."""
     e = cfg.embed_load
     reader = f"embed_load@{fold}"
-    ingest = open_artifact(cfg.paths, "ingest", reader=reader)
-    split = open_artifact(cfg.paths, "split", fold, reader=reader)
+    ingest = open_artifact(cfg.paths, "ingest", reader=reader, config=cfg)
+    split = open_artifact(cfg.paths, "split", fold, reader=reader, config=cfg)
     with output(cfg, "embed_load", fold) as out:
         out.uses(ingest, split)
         t = out.timings

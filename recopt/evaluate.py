@@ -70,11 +70,11 @@ class EvalData:
 
 def load_eval_data(cfg: Config, fold: str, reader: str) -> EvalData:
     """Open and verify candidates@fold, split@fold, embed_load@fold and cf_load@fold."""
-    cand = open_artifact(cfg.paths, "candidates", fold, reader=reader)
+    cand = open_artifact(cfg.paths, "candidates", fold, reader=reader, config=cfg)
     cand.read_all()  # the pools a pass reads depend on its checkpoints; the recorded inputs must not
-    split = open_artifact(cfg.paths, "split", fold, reader=reader)
-    embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader)
-    cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader)
+    split = open_artifact(cfg.paths, "split", fold, reader=reader, config=cfg)
+    embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader, config=cfg)
+    cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader, config=cfg)
     users_all = split.parquet("users")
     pool_users = cand.parquet("users")
     items = cand.parquet("items")

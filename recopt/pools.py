@@ -76,10 +76,10 @@ def run_candidates(cfg: Config, fold: str) -> dict[str, Any]:
     """Run the candidates stage for `fold`; returns the summary written to its manifest."""
     c = cfg.candidates
     reader = f"candidates@{fold}"
-    ingest = open_artifact(cfg.paths, "ingest", reader=reader)
-    split = open_artifact(cfg.paths, "split", fold, reader=reader)
-    embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader)
-    cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader)
+    ingest = open_artifact(cfg.paths, "ingest", reader=reader, config=cfg)
+    split = open_artifact(cfg.paths, "split", fold, reader=reader, config=cfg)
+    embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader, config=cfg)
+    cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader, config=cfg)
     with output(cfg, "candidates", fold) as out:
         out.uses(ingest, split, embed, cf)
         t = out.timings

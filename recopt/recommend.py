@@ -41,11 +41,11 @@ def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fol
     if not 0.0 <= alpha <= 1.0:
         raise RecoptError(f"--alpha: {alpha} must be in [0, 1]")
     reader = "recommend"
-    cand = open_artifact(cfg.paths, "candidates", fold, reader=reader)
-    embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader)
-    cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader)
-    split = open_artifact(cfg.paths, "split", fold, reader=reader)
-    ingest = open_artifact(cfg.paths, "ingest", reader=reader)
+    cand = open_artifact(cfg.paths, "candidates", fold, reader=reader, config=cfg)
+    embed = open_artifact(cfg.paths, "embed_load", fold, reader=reader, config=cfg)
+    cf = open_artifact(cfg.paths, "cf_load", fold, reader=reader, config=cfg)
+    split = open_artifact(cfg.paths, "split", fold, reader=reader, config=cfg)
+    ingest = open_artifact(cfg.paths, "ingest", reader=reader, config=cfg)
     users = cand.parquet("users")
     row = users.filter(pl.col("userId") == user_id)
     if row.height == 0:

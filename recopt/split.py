@@ -120,7 +120,7 @@ def _check_relevance(heldout: pl.DataFrame, fold: str, threshold: float) -> None
 
 def run_split(cfg: Config) -> dict[str, Any]:
     """Run the split stage: paths.ingest -> the test fold, then the tune fold from its train."""
-    ingest = open_artifact(cfg.paths, "ingest", reader="split")
+    ingest = open_artifact(cfg.paths, "ingest", reader="split", config=cfg)
     timings: dict[str, float] = {}
     with timed("read", timings):
         ratings = ingest.parquet("ratings")
@@ -141,7 +141,7 @@ def run_split(cfg: Config) -> dict[str, Any]:
             if fold == "test":
                 out.uses(ingest)
             else:  # built from the test fold's train alone: no test rating is an input
-                out.uses_file(open_artifact(cfg.paths, "split", "test", reader="split@tune"), "train")
+                out.uses_file(open_artifact(cfg.paths, "split", "test", reader="split@tune", config=cfg), "train")
             out.timings = timings
             for name, df in (("train", tr), ("heldout", held), ("users", us)):
                 out.parquet(name, df)

@@ -187,7 +187,7 @@ def test_parts(cfg: Config, sel: dict[str, Any]) -> tuple[Part, ...]:
 
 
 def read_selection(cfg: Config) -> dict[str, Any]:
-    tune = open_artifact(cfg.paths, "evaluate", "tune", reader="evaluate@test")
+    tune = open_artifact(cfg.paths, "evaluate", "tune", reader="evaluate@test", config=cfg)
     sel = tune.json("selection")
     if sel["alpha"]["chosen"] is None:
         raise RecoptError(f"evaluate@test: {tune.path('selection')} chose no alpha (no complete validation run) — "

@@ -108,7 +108,7 @@ def evaluate_fold(cfg: Config, fold: str) -> dict[str, Any]:
         out.json("selection", sel)
         curves = {HELDOUT[fold]: _curve(table)}
         if fold == "test":
-            tune = open_artifact(cfg.paths, "evaluate", "tune", reader=reader)
+            tune = open_artifact(cfg.paths, "evaluate", "tune", reader=reader, config=cfg)
             out.uses(tune)
             curves = {"validation": _curve(pl.read_csv(tune.path("runs"))), "test": curves["test"]}
             rng = stage_rng(cfg.seed, "evaluate/bootstrap")

@@ -22,7 +22,7 @@ from typing import Any, Callable, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from recopt.config import FOLDS, Config, load_config, read_params
+from recopt.config import FOLDS, Config, ConfigError, load_config, read_params
 from recopt.errors import RecoptError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +42,20 @@ class Invocation:
 
 
 def compose(overrides: list[str] | None = None) -> dict:
-    """Compose conf/ exactly as DVC's Hydra composition does (resolved)."""
+    """Compose conf/ exactly as DVC's Hydra composition does (resolved). An override Hydra
+    rejects (unknown key, bad syntax, unknown group option) is a ConfigError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=overrides or [])
-    OmegaConf.resolve(cfg)
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=overrides or [])
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"conf/ with the overrides {' '.join(overrides or []) or '(none)'}: "
+                          f"{' '.join(str(err).split())}") from None
     return OmegaConf.to_container(cfg)  # type: ignore[return-value]
 
 

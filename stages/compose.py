@@ -20,7 +20,7 @@ from stages._entry import ROOT, compose, guarded
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     overrides = [a for a in argv if a != "--check"]
-    raw = compose(overrides)
+    raw = guarded(lambda: compose(overrides))
     guarded(lambda: load_config(raw, source="conf/"))
     path = ROOT / "params.yaml"
     if check:

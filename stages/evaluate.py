@@ -6,7 +6,7 @@
     python -m stages.evaluate -m alpha=0.35,0.5,0.65             (a sweep on evaluate.fold; the comparison is
                                                                   written to the sweep folder when it ends)
 Reads:  split@<fold>, embed_load@<fold>, candidates@<fold>; evaluate@tune (for the test fold)
-Writes: evaluate@<fold>; for the test fold also paths.metrics/{evaluate.json, alpha_curve.csv}
+Writes: evaluate@<fold>; paths.metrics/{<fold>.json, <fold>_alpha_curve.csv}
 """
 
 from pathlib import Path
@@ -22,12 +22,29 @@ from stages._entry import Invocation, guarded, run
 
 
 class SweepTable(Callback):
-    """Hydra callback: when a multirun ends, evaluate the baselines and print the comparison."""
+    """Hydra callback: refuse a sweep that lists a value twice; when it ends, evaluate the baselines
+    and print the comparison."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        guarded(lambda: _each_value_once(list(config.hydra.overrides.task)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)  # resolved (and cached) as the sweeper did
         job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         guarded(lambda: compare_sweep(load_config(OmegaConf.to_container(job, resolve=True)), sweep_dir))  # type: ignore[arg-type]
+
+
+def _each_value_once(task: list[str]) -> None:
+    """Two jobs of one configuration would be two rows of one run (alpha=0.3,0.30 is one alpha)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(task):
+        if override.is_choice_sweep():
+            values = list(override.sweep_iterator())
+            repeated = sorted({repr(v) for i, v in enumerate(values) if v in values[:i]})
+            if repeated:
+                raise RecoptError(f"{override.get_key_element()}: the sweep lists {', '.join(repeated)} more than "
+                                  f"once ({override.input_line}) — list each value once")
 
 
 def main(cfg: Config, how: Invocation) -> Any:

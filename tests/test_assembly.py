@@ -182,7 +182,7 @@ def flip_a_byte(path: Path) -> None:
     ("truncated", r"does not match its manifest: mmr.npy has \d+ bytes, the manifest says \d+"),
     ("deleted_file", r"does not match its manifest: mmr.npy is missing"),
     ("unlisted_file", r"does not match its manifest: unlisted file\(s\) stray.npy \(left by another run\?\)"),
-    ("other_fold", r"manifest.json describes embed_load@tune \(format 1\), not embed_load@test"),
+    ("other_fold", r"manifest.json describes embed_load@tune \(format \d+\), not embed_load@test"),
     ("bad_json", r"manifest.json is not a valid manifest"),
 ])
 def test_open_artifact_refuses_a_damaged_artifact_naming_the_stage_to_rerun(copy: Config, damage: str, match: str):
@@ -213,7 +213,12 @@ def test_a_new_split_makes_every_fold_downstream_stale(copy: Config):
     run_split(copy)                                            # same seed: the same bytes, nothing stale
     for fold in ("tune", "test"):
         load_hybrid_inputs(*open_inputs(copy, fold))
-    run_split(make_cfg(Path(copy.paths.ingest).parent, "seed=7"))
+    new = make_cfg(Path(copy.paths.ingest).parent, "split.test_frac=0.3")
+    run_split(new)
+    with pytest.raises(ArtifactError, match=r"^embed_load@test: its input split@test was built with "
+                                            r"split\.test_frac=0\.3 \(the config now has 0\.2\) — re-run `dvc repro "
+                                            r"split`"):
+        open_artifact(copy.paths, "split", "test", reader="embed_load@test", config=copy)
     for stage in ("embed_load", "cf_load"):
         for fold in ("tune", "test"):
             name = stage.replace("_", "-")
@@ -223,9 +228,9 @@ def test_a_new_split_makes_every_fold_downstream_stale(copy: Config):
                 open_artifact(copy.paths, stage, fold, reader=f"candidates@{fold}")
     # rebuilding the stale stages clears the error
     for fold in ("tune", "test"):
-        run_embed_load(copy, fold)
-        run_cf_load(copy, fold)
-        load_hybrid_inputs(*open_inputs(copy, fold))
+        run_embed_load(new, fold)
+        run_cf_load(new, fold)
+        load_hybrid_inputs(*open_inputs(new, fold))
 
 
 # --- real data ------------------------------------------------------------------------------------

@@ -265,6 +265,13 @@ CASES = [
                                         r"make the folder writable, or set paths\.split"],
          overrides=("data.preset=tiny",), prepare="ingest",  # (root ignores chmod: a file where the folder goes)
          mutate=lambda root: (root / "data/split").write_text("not a folder")),
+    Case("built-with-other-params", "evaluate",
+         [r"evaluate@tune: its input candidates@tune was built with candidates\.c_max=\d+ \(the config now has 300\)",
+          r"dvc repro candidates@tune"],
+         overrides=("data.preset=tiny", "candidates.c_max=300"), prepare="built", argv=("--fold", "tune")),
+    Case("seed-changed-upstream", "candidates", [r"candidates@test: its input \w+ was built with seed=42 \(the "
+                                                 r"config now has 7\)", r"re-run `dvc repro"],
+         overrides=("data.preset=tiny", "seed=7"), prepare="built", argv=("--fold", "test")),
     Case("precomputed-missing", "embed_load", [r"vectors\.npy: does not exist", r"fix embed_load\.vectors"],
          overrides=("data.preset=tiny", "embed_load.encoder=precomputed", "embed_load.vectors=/nope/vectors.npy"),
          prepare="split", argv=("--fold", "test")),
@@ -341,6 +348,11 @@ def test_clean_errors_in_real_processes(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "stages.ingest", "--params", str(params)], cwd=ROOT,
                           env={**env, "RECOPT_DEBUG": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "Traceback" in proc.stderr  # the debug switch shows it
+    for override, message in (("evaluate.alphaz=1", r"Could not override 'evaluate\.alphaz'"),
+                              ("data=nosuch", r"Could not find 'data/nosuch'"), ("alpha=[", r"alpha=\[: ")):
+        proc = subprocess.run([sys.executable, "-m", "stages.compose", override], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and re.search(message, proc.stderr) and "Traceback" not in proc.stderr
 
 
 def test_ml_latest_small_reads_after_each_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -177,10 +177,17 @@ def test_the_folds_mask_different_cold_users(tiny: Config):
     assert masks["test"] == test_cold and masks["tune"] and not masks["tune"] & masks["test"]
 
 
-def test_same_seed_same_factors_other_seed_other_factors(tiny: Config, tmp_path: Path):
+def test_same_seed_same_factors_other_seed_other_factors(tiny: Config, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    from recopt import cf as cf_module
+
+    real = cf_module.stage_rng
     runs = {}
     for name, seed in (("a", 42), ("b", 42), ("c", 7)):
-        cfg = make_cfg(tmp_path / name, f"seed={seed}", inputs=tiny_inputs(tiny))
+        # the inputs were built with seed 42 (a stage refuses inputs built with another seed), so the
+        # other seed reaches cf-load's generator alone
+        monkeypatch.setattr(cf_module, "stage_rng", lambda _seed, stage, seed=seed: real(seed, stage))
+        cfg = make_cfg(tmp_path / name, inputs=tiny_inputs(tiny))
         run_cf_load(cfg, "test")
         runs[name] = factors(cfg).npy("item_factors")
     np.testing.assert_array_equal(runs["a"], runs["b"])

@@ -70,3 +70,14 @@ def test_the_closure_follows_lazy_and_package_style_imports(tmp_path: Path) -> N
     found = closure("stages.evaluate")
     assert {"recopt/references.py", "recopt/features.py", "recopt/tracking.py"} <= found
     assert "recopt/synthetic.py" not in found
+
+
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_the_params_an_artifact_records_are_the_params_dvc_tracks(name: str) -> None:
+    """What an artifact records as the config it was built with (and a reader checks) is exactly what
+    DVC re-runs the stage for, minus paths and engine (which never change a result)."""
+    from recopt.artifacts import PARAMS
+
+    body = stages()[name].get("do", stages()[name])
+    tracked = {p for p in body["params"] if p.split(".")[0] not in ("paths", "engine")}
+    assert tracked == set(PARAMS[name.replace("-", "_")])

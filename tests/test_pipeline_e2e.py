@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import zlib
 from pathlib import Path
@@ -13,7 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, needs_ml_small, run_cmd
+from tests.conftest import copy_repo, needs_ml_small, run_cmd, tool_env
 
 pytestmark = pytest.mark.e2e
 
@@ -160,6 +161,20 @@ def test_hydra_multirun_sweep_compares_on_the_same_users_and_logs_every_run(tiny
                     and r.data.tags.get("recopt.run", "").startswith("alpha=0.35"))
     sweep_keys = next(set(r.data.metrics) for r in runs if r.data.tags.get("recopt.run") == "alpha=0.2")
     assert sweep_keys == dvc_keys
+
+
+def test_a_sweep_refuses_what_the_pipeline_was_not_built_with(tiny_repo: Path) -> None:
+    """A Hydra run composes conf/ with its overrides: a value the artifacts were not built with would be
+    reported under the wrong label, and a value listed twice would be two rows of one run."""
+    cases = ((["data.preset=tiny", "candidates.c_max=300"],
+              r"its input candidates@tune was built with candidates\.c_max=\d+ \(the config now has 300\)"),
+             (["alpha=0.4"], r"was built with data\.preset=\"tiny\" \(the config now has \"small\"\)"),
+             (["data.preset=tiny", "alpha=0.3,0.30"], r"alpha: the sweep lists 0\.3 more than once"))
+    for overrides, message in cases:
+        proc = subprocess.run(["python", "-m", "stages.evaluate", "-m", *overrides], cwd=tiny_repo, env=tool_env(),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2 and re.search(message, proc.stderr), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
 
 
 def test_fresh_clone_then_dvc_repro_leaves_git_clean(tmp_path: Path) -> None:

@@ -279,7 +279,7 @@ def test_a_fold_without_a_relevant_heldout_rating_names_relevance_threshold(
             open_artifact(cfg.paths, "split", f, reader="test")
 
 
-def test_same_seed_rewrites_identical_folds_other_seed_makes_old_tune_fold_stale(tiny: Config, tmp_path: Path):
+def test_same_config_rewrites_identical_folds_another_split_makes_old_tune_fold_stale(tiny: Config, tmp_path: Path):
     cfg = tmp_config(tmp_path, "data.preset=tiny", f"paths.ingest={tiny.paths.ingest}")
     run_split(cfg)
     split = Path(cfg.paths.split)
@@ -287,7 +287,7 @@ def test_same_seed_rewrites_identical_folds_other_seed_makes_old_tune_fold_stale
     run_split(cfg)
     assert {f: folder_bytes(split / f) for f in ("test", "tune")} == first
     shutil.copytree(split / "tune", tmp_path / "old_tune")
-    run_split(tmp_config(tmp_path, "data.preset=tiny", f"paths.ingest={tiny.paths.ingest}", "seed=7"))
+    run_split(tmp_config(tmp_path, "data.preset=tiny", f"paths.ingest={tiny.paths.ingest}", "split.test_frac=0.3"))
     assert folder_bytes(split / "test")["train.parquet"] != first["test"]["train.parquet"]
     shutil.rmtree(split / "tune")
     shutil.copytree(tmp_path / "old_tune", split / "tune")     # a tune fold left from the old split
