@@ -185,9 +185,12 @@ def save_part(path: Path, b: PartBatch) -> None:
     os.replace(tmp, path)
 
 
-def load_part(path: Path) -> PartBatch:
+def load_part(path: Path, scores: bool = True) -> PartBatch:
+    """One part's checkpoint of one batch (`scores=False`: without the scores, which it then does not read)."""
     with np.load(path) as z:
-        return PartBatch(users=z["users"], lists=z["lists"], scores=z["scores"],
+        users = z["users"]
+        return PartBatch(users=users, lists=z["lists"],
+                         scores=z["scores"] if scores else np.zeros((len(users), 0), np.float32),
                          per_user={n[2:]: z[n] for n in z.files if n.startswith("m.")}, seconds=float(z["seconds"][0]))
 
 
@@ -219,8 +222,9 @@ def evaluate_parts(cfg: Config, data: EvalData, parts: tuple[Part, ...], *, dead
                 pool = {name: col[keep] for name, col in pool.items()}
             yield Task(batch=b, users=users_of[b], pool=pool, parts=missing[b])
 
-    acc: dict[int, dict[str, PartBatch]] = {
-        b: {p.name: _compact(load_part(batch_path(dirs[p.name], b))) for p in parts if p not in missing[b]}
+    acc: dict[int, dict[str, PartBatch]] = {  # the summaries need no scores: they are not even read
+        b: {p.name: _compact(load_part(batch_path(dirs[p.name], b), scores=False)) for p in parts
+            if p not in missing[b]}
         for b in batches}
     done = [b for b in batches if not missing[b]]
     if todo:

@@ -43,10 +43,11 @@ def _lists_writer(out: Output, fold: FoldResult, runs: list[Run]) -> None:
     uid_sorted, uid_vals = user_ids["user"].to_numpy(), user_ids["userId"].to_numpy()
     writer = None
     dirs = {name: path for p in fold.passes for name, path in p.checkpoints.items()}
+    names = pa.array([r.name for r in runs])  # one dictionary for every batch's run column
     for b in fold.passes[0].done:
         chunk: dict[str, Any] = {}
         frames = []
-        for r in runs:
+        for index, r in enumerate(runs):
             for name, _ in r.pieces:
                 if name not in chunk:
                     chunk[name] = load_part(batch_path(dirs[name], b))
@@ -64,7 +65,7 @@ def _lists_writer(out: Output, fold: FoldResult, runs: list[Run]) -> None:
             rows, ranks = np.nonzero(ok)
             frames.append(pa.table({
                 "userId": uid_vals[np.searchsorted(uid_sorted, users)][rows].astype(np.int32),
-                "run": pa.array(np.full(len(rows), r.name)).dictionary_encode(),
+                "run": pa.DictionaryArray.from_arrays(np.full(len(rows), index, np.int32), names),
                 "rank": (ranks + 1).astype(np.int16), "movieId": movie_ids[lists[ok]].astype(np.int32),
                 "score": scores[ok]}))
         if not frames:
