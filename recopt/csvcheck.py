@@ -140,18 +140,18 @@ def _header_problems(file: str, head: bytes, first: bytes, sep: str) -> list[Pro
     text = first.decode("utf-8", "replace")
     if sep in text:
         return []
+    expected = _SEPARATORS.get(sep, repr(sep))
     found = max(_SEPARATORS, key=text.count)
     if text.count(found) == 0:
         return [] if sep == "," else [Problem(
             file, None, f"line 1 is not separated by '{sep}': {text[:80]!r}",
-            f"write one record per line with the fields separated by {_SEPARATORS.get(sep, repr(sep))}")]
+            f"write one record per line with the fields separated by {expected}")]
     fix = (f"re-save it comma-separated, e.g. pandas.read_csv('{name}', sep={found!r})"
            f".to_csv('{name}', index=False), or sed 's/{found.encode('unicode_escape').decode()}/,/g'"
            f" if no value contains {found!r} or ','") if sep == "," else (
-           f"separate the fields with {_SEPARATORS.get(sep, repr(sep))}" + (
+           f"separate the fields with {expected}" + (
                f" (or use the CSV layout: {Path(name).stem}.csv with a header line)" if sep == "::" else ""))
-    return [Problem(file, None, f"the file is separated by {_SEPARATORS[found]}, not "
-                                f"{_SEPARATORS.get(sep, repr(sep))}", fix)]
+    return [Problem(file, None, f"the file is separated by {_SEPARATORS[found]}, not {expected}", fix)]
 
 
 def _checked(df: pl.DataFrame, file: str, schema: Schema, first_line: int,

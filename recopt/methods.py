@@ -108,7 +108,7 @@ class Task:
     batch: int
     users: NDArray[np.int64]         # evaluated users of the batch, ascending
     pool: dict[str, NDArray] | None  # flat pool arrays (recopt.pools.read_pool), None if no part reads it
-    parts: tuple[Part, ...] = ()     # the parts to compute on this batch (empty: all of shared.parts)
+    parts: tuple[Part, ...]          # the parts to compute on this batch (those its checkpoints lack)
 
 
 @dataclass
@@ -295,8 +295,7 @@ def evaluate_batch(shared: Shared, task: Task) -> dict[str, PartBatch]:
         row_has_cf = shared.user_has_cf[norm.rows]
         views = {ALPHA: _subset(norm, row_has_cf), COLD: _subset(norm, ~row_has_cf), BASELINE: norm}
     ranked, seconds = [], []
-    todo = task.parts or shared.parts
-    for part in todo:
+    for part in task.parts:
         started = time.perf_counter()
         mask = part.serves(has_cf, shared.user_sampled[task.users])
         r = rank_part(shared, part, task.users[mask], views.get(part.kind))
@@ -312,7 +311,7 @@ def evaluate_batch(shared: Shared, task: Task) -> dict[str, PartBatch]:
     return {part.name: PartBatch(users=r.users, lists=r.items, scores=r.scores,
                                  per_user={m: v[cuts[i]:cuts[i + 1]] for m, v in per_user.items()},
                                  seconds=seconds[i])
-            for i, (part, r) in enumerate(zip(todo, ranked))}
+            for i, (part, r) in enumerate(zip(task.parts, ranked))}
 
 
 def part_task_fields(parts: tuple[Part, ...]) -> dict[str, Any]:

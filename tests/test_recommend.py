@@ -106,7 +106,8 @@ def _evaluate_list(cfg: Config, user_id: int, alpha: float, beta: float) -> np.n
     users = np.sort(data.users.filter(pl.col("batch") == batch)["user"].to_numpy().astype(np.int64))
     pool = read_pool(data.candidates, batch, group["pool_size"].to_numpy(), group["user"].to_numpy())
     keep = np.isin(pool["user"], users)
-    out = evaluate_batch(shared, Task(batch=batch, users=users, pool={k: v[keep] for k, v in pool.items()}))
+    out = evaluate_batch(shared, Task(batch=batch, users=users, pool={k: v[keep] for k, v in pool.items()},
+                                         parts=shared.parts))
     part = parts[0] if bool(row["has_cf"][0]) else parts[1]
     got = out[part.name]
     lists = got.lists[int(np.flatnonzero(got.users == uidx)[0])]
