@@ -1,15 +1,15 @@
-"""Command line: `python -m recopt recommend --user 1 [--alpha 0.5] [--k 20] [--fold test] [--hits]`."""
+"""Command line: `python -m recopt recommend --user 1 [--alpha 0.5] [--k 20] [--fold test] [--hits] [--strict]`."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from recopt.artifacts import open_artifact
 from recopt.config import FOLDS, ConfigError, read_params
 from recopt.errors import RecoptError
 from recopt.recommend import format_recommendation, recommend
+from recopt.selection import config_cold_rule
+from recopt.study import read_selection
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,19 +23,22 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--fold", choices=FOLDS, default="test", help="which fold's models and pools")
     rec.add_argument("--hits", action="store_true", help="mark the user's relevant held-out items")
     rec.add_argument("--params", default="params.yaml", help="composed config of the built pipeline")
+    rec.add_argument("--strict", action="store_true",
+                     help="refuse, rather than fall back to the config's alpha and cold rule, when the choices made "
+                          "on validation cannot be read")
     args = parser.parse_args(argv)
     try:
         cfg = read_params(args.params)
-        alpha, rerank = args.alpha, cfg.rerank
-        try:  # the choices made on validation, when the tune fold has been evaluated
-            sel = open_artifact(cfg.paths, "evaluate", "tune", reader="recommend").json("selection")
-            cs = sel["cold_start"]
-            rerank = dataclasses.replace(rerank, cold_beta=cs["beta"], cold_prior=cs["prior"],
-                                         cold_mmr_lambda=cs["mmr_lambda"])
-            alpha = sel["alpha"]["chosen"] if alpha is None else alpha
-        except RecoptError:
-            alpha = cfg.alpha if alpha is None else alpha
-        out = recommend(cfg, args.user, alpha, args.k, args.fold, rerank)
+        try:  # the choices made on validation, when evaluate@tune is current
+            sel = read_selection(cfg, "recommend")
+            alpha, cold = sel.alpha.chosen if args.alpha is None else args.alpha, sel.cold
+        except RecoptError as err:
+            if args.strict:
+                raise
+            alpha, cold = cfg.alpha if args.alpha is None else args.alpha, config_cold_rule(cfg)
+            print(f"warning: not the choices made on validation -- alpha={alpha!r} and the config's cold rule "
+                  f"({cold.label}) instead, because {err}", flush=True)
+        out = recommend(cfg, args.user, alpha, cold, args.k, args.fold)
     except (ConfigError, RecoptError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

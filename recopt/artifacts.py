@@ -1,7 +1,7 @@
-"""The one home of every stage's artifacts: file names, atomic writes, manifests, verification.
+"""Every stage's artifact as a whole: manifests, the staged atomic write, verification on read.
 
 Each stage writes one *artifact* per fold (``ingest`` has no fold): a folder
-``paths.<stage>[/<fold>]`` holding the files named in :data:`LAYOUT` and a
+``paths.<stage>[/<fold>]`` holding the files named in recopt.layout and a
 ``manifest.json`` written last, listing every file with its size and sha256,
 the sha256 of every input file it was built from (``inputs``: exactly the files
 it read, so the tune fold, built from train alone, records no test file), the
@@ -40,32 +40,11 @@ import numpy as np
 import polars as pl
 
 from recopt.errors import RecoptError
+from recopt.layout import (MANIFEST, artifact_dir, dump_json, dvc_name, file_name, label, pool_part,
+                           run_facts_path, write_text_atomic)
 from recopt.runlog import log, peak_rss_mb
 
-MANIFEST = "manifest.json"
 FORMAT = 2
-FOLDS = ("tune", "test")
-HELDOUT = {"tune": "validation", "test": "test"}  # what each fold scores on
-POOL_PATTERN = "pools/part-{batch:05d}.parquet"
-
-# logical name -> file name, per stage; "{heldout}" is the fold's held-out split
-LAYOUT: dict[str, dict[str, str]] = {
-    "ingest": {"ratings": "ratings.parquet", "movies": "movies.parquet", "tags": "tags.parquet",
-               "providers": "providers.parquet", "user_providers": "user_providers.parquet",
-               "superseded_ratings": "superseded_ratings.parquet"},
-    "split": {"train": "train.parquet", "heldout": "{heldout}.parquet", "users": "users.parquet"},
-    "embed_load": {"embeddings": "embeddings.npy", "mmr": "mmr.npy", "has_content": "has_content.npy",
-                   "item_ids": "item_ids.npy"},
-    "cf_load": {"user_factors": "user_factors.npy", "item_factors": "item_factors.npy",
-                "user_has_cf": "user_has_cf.npy", "item_has_cf": "item_has_cf.npy",
-                "user_ids": "user_ids.npy", "item_ids": "item_ids.npy"},
-    "candidates": {"users": "users.parquet", "items": "items.parquet", "assembly": "assembly.json"},
-    "evaluate": {"runs": "runs.csv", "slices": "slices.csv", "per_user": "per_user.parquet",
-                 "lists": "lists.parquet", "selection": "selection.json", "gates": "gates.json",
-                 "report": "report.md", "plot": "alpha_curve.png", "tuning_results": "tuning_results.csv",
-                 "intervals": "intervals.csv"},
-}
-FOLDED = {"split", "embed_load", "cf_load", "candidates", "evaluate"}
 # The config keys each stage's output depends on: dvc.yaml's params of the stage minus paths and
 # engine, which never change a result (tests/test_dvc_deps.py checks that the two agree).
 PARAMS: dict[str, tuple[str, ...]] = {
@@ -76,42 +55,20 @@ PARAMS: dict[str, tuple[str, ...]] = {
     "candidates": ("seed", "relevance_threshold", "candidates"),
     "evaluate": ("seed", "alpha", "relevance_threshold", "rerank", "evaluate"),
 }
-# small git-tracked files DVC compares across experiments (`dvc exp show`, `dvc plots diff`), per fold
-METRICS = {"metrics": "{fold}.json", "curve": "{fold}_alpha_curve.csv"}
 
 
 class ArtifactError(RecoptError):
     """An input artifact that cannot be trusted, or an output that cannot be written."""
 
 
-def dvc_name(stage: str, fold: str | None = None) -> str:
-    """The DVC stage that builds an artifact: `embed-load@tune`, `ingest`, `split`."""
-    name = stage.replace("_", "-")
-    return f"{name}@{fold}" if fold and stage != "split" else name
 
 
-def label(stage: str, fold: str | None) -> str:
-    return f"{stage}@{fold}" if fold else stage
 
 
-def artifact_dir(paths: Any, stage: str, fold: str | None = None) -> Path:
-    """Folder of a stage's artifact: paths.<stage>, plus /<fold> for folded stages."""
-    if (stage in FOLDED) != (fold is not None):
-        raise ValueError(f"{stage}: fold {'required' if stage in FOLDED else 'not allowed'}")
-    if fold is not None and fold not in FOLDS:
-        raise ValueError(f"fold must be one of {FOLDS}, got {fold!r}")
-    root = Path(getattr(paths, stage))
-    return root / fold if fold else root
 
 
-def file_name(stage: str, name: str, fold: str | None = None) -> str:
-    """The file name of logical file `name` of `stage` (KeyError for an undeclared name)."""
-    return LAYOUT[stage][name].format(heldout=HELDOUT.get(fold or "", ""))
 
 
-def metrics_path(cfg: Any, name: str, fold: str) -> Path:
-    """Where fold `fold`'s DVC metrics or plots file lives (under paths.metrics, tracked by git)."""
-    return Path(cfg.paths.metrics) / METRICS[name].format(fold=fold)
 
 
 def sha256_file(path: Path) -> str:
@@ -119,32 +76,12 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def manifest_digest(root: Path) -> str | None:
-    """sha256 of an artifact's manifest bytes (None when it has none): the artifact's identity."""
-    path = Path(root) / MANIFEST
-    return sha256_file(path) if path.is_file() else None
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
 
 
-def dump_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=_jsonable) + "\n"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file outside the artifacts (run facts, checkpoints' index) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def param_values(config: Any, keys: Any) -> dict[str, Any]:
@@ -157,7 +94,7 @@ def param_values(config: Any, keys: Any) -> dict[str, Any]:
             for k, v in value.items():
                 visit(f"{key}.{k}", v)
         else:
-            flat[key] = json.loads(json.dumps(value, default=_jsonable))
+            flat[key] = json.loads(dump_json(value))
 
     for key in keys:
         node = tree
@@ -221,7 +158,7 @@ class Stored:
         self.read.update(self.manifest["files"])
 
     def pool(self, batch: int) -> Path:
-        rel = POOL_PATTERN.format(batch=batch)
+        rel = pool_part(batch)
         self.read.add(rel)
         return self.root / rel
 
@@ -239,7 +176,8 @@ def _hash_cached(path: Path, st: os.stat_result) -> str:
     return _VERIFIED[key]
 
 
-def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: str, config: Any = None) -> Stored:
+def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: str, config: Any = None,
+                  ignore: tuple[str, ...] = ()) -> Stored:
     """Verify and open the artifact of `stage` (at `fold`) for the stage `reader`.
 
     Raises ArtifactError naming the stage to re-run when the artifact is missing,
@@ -296,7 +234,8 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
         if current is not None and current != digest:
             raise ArtifactError(f"{reader}: its input {name} was built from a different {up} {rel} than the one "
                                 f"now in {up_root} (stale) — {fix}")
-    differ = _params_problems(manifest.get("params", {}), config) if config is not None else []
+    recorded = {k: v for k, v in manifest.get("params", {}).items() if k not in ignore}
+    differ = _params_problems(recorded, config) if config is not None else []
     if differ:
         raise ArtifactError(
             f"{reader}: its input {name} was built with {'; '.join(differ[:5])}"
@@ -320,7 +259,7 @@ def _sweep_leftovers(root: Path) -> None:
 class Output:
     """A stage's artifact being written: files go to a staging folder until :meth:`commit`."""
 
-    def __init__(self, paths: Any, stage: str, fold: str | None, runs_dir: Path, params: dict[str, Any]) -> None:
+    def __init__(self, paths: Any, stage: str, fold: str | None, params: dict[str, Any]) -> None:
         self.stage, self.fold, self.params = stage, fold, params
         self.root = artifact_dir(paths, stage, fold)
         self.staging = self.root.parent / f".{self.root.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -328,7 +267,7 @@ class Output:
         self.sources: list[Stored] = []
         self.summary: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
-        self.runs_dir = runs_dir
+        self.facts_path = run_facts_path(paths, label(stage, fold))
         self.started = time.perf_counter()
         try:
             self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -354,8 +293,14 @@ class Output:
         self.uses(source)
 
     def path(self, name: str) -> Path:
-        """Staging path of declared file `name` (or of a pool part: `pools/part-NNNNN.parquet`)."""
-        rel = name if name.startswith("pools/") else file_name(self.stage, name, self.fold)
+        """Staging path of declared file `name`."""
+        return self._staged(file_name(self.stage, name, self.fold))
+
+    def pool(self, batch: int) -> Path:
+        """Staging path of the pool part of user batch `batch` (candidates)."""
+        return self._staged(pool_part(batch))
+
+    def _staged(self, rel: str) -> Path:
         p = self.staging / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
@@ -396,7 +341,7 @@ class Output:
         facts = {"stage": self.label, "wall_s": round(time.perf_counter() - self.started, 3),
                  "steps_s": self.timings, "peak_rss_mb": round(peak_rss_mb(), 1),
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_text_atomic(self.runs_dir / f"{self.label}.json", dump_json(facts))
+        write_text_atomic(self.facts_path, dump_json(facts))
         log.info("%s: wrote %s (%d files) in %.1f s, peak RSS %.0f MiB", self.label, self.root, len(files),
                  facts["wall_s"], facts["peak_rss_mb"])
         return manifest
@@ -425,6 +370,14 @@ class Output:
                                     "artifact, if any, is untouched") from None
 
 
+def add_run_facts(out: Output, **facts: float) -> None:
+    """Add facts measured after the commit (e.g. MLflow logging) to the stage's run facts; its wall time
+    then covers them."""
+    doc = json.loads(out.facts_path.read_text()) if out.facts_path.is_file() else {}
+    doc |= facts | {"wall_s": round(time.perf_counter() - out.started, 3)}
+    write_text_atomic(out.facts_path, dump_json(doc))
+
+
 def output(cfg: Any, stage: str, fold: str | None = None) -> Output:
     """Start writing the artifact of `stage` (at `fold`); use as a context manager."""
-    return Output(cfg.paths, stage, fold, Path(cfg.paths.runs), param_values(cfg, PARAMS[stage]))
+    return Output(cfg.paths, stage, fold, param_values(cfg, PARAMS[stage]))

@@ -20,14 +20,15 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from recopt.artifacts import Stored, dvc_name
+from recopt.artifacts import Stored
+from recopt.layout import dvc_name
 from recopt.schemas import Problem, check
 
 Ids = NDArray[np.int64]
 _N_EXAMPLES = 5
 _EMBED_ARRAYS = {"item_ids": "i", "embeddings": "f", "mmr": "f", "has_content": "b"}
 _CF_ARRAYS = {"user_ids": "i", "item_ids": "i", "user_factors": "f", "item_factors": "f",
-              "user_has_cf": "b", "item_has_cf": "b"}
+              "user_has_cf": "b", "user_folded": "b", "item_has_cf": "b"}
 
 
 def format_examples(values: NDArray[Any]) -> str:
@@ -106,8 +107,9 @@ class HybridInputs:
 
     embeddings / mmr: float32 (n_items × d) / (n_items × d_mmr), unit rows where
     has_content, zero rows elsewhere. user_factors / item_factors: float32
-    (n × f), zero rows where the has_cf mask is False. `files` maps each array
-    to the file it came from.
+    (n × f), zero rows where the user has no factor; user_has_cf marks users with a
+    factor from the ALS fit, user_folded those with a folded-in one (recopt.cf).
+    `files` maps each array to the file it came from.
     """
 
     item_ids: NDArray[np.int32]
@@ -118,6 +120,7 @@ class HybridInputs:
     user_factors: NDArray[np.float32]
     item_factors: NDArray[np.float32]
     user_has_cf: NDArray[np.bool_]
+    user_folded: NDArray[np.bool_]
     item_has_cf: NDArray[np.bool_]
     files: dict[str, str] = field(default_factory=dict)
 
@@ -177,7 +180,7 @@ def load_hybrid_inputs(ingest: Stored, split: Stored, embed: Stored, cf: Stored)
         problems += _alignment_problem(art.path(ids_name), arrays[ids_name], index, index_file,
                                        dvc_name(art.stage, art.fold))
     problems += _row_problems(embed, emb, {"embeddings": n_items, "mmr": n_items, "has_content": n_items})
-    problems += _row_problems(cf, factors, {"user_factors": n_users, "user_has_cf": n_users,
+    problems += _row_problems(cf, factors, {"user_factors": n_users, "user_has_cf": n_users, "user_folded": n_users,
                                             "item_factors": n_items, "item_has_cf": n_items})
     uf, vf = factors["user_factors"], factors["item_factors"]
     if uf.ndim == vf.ndim == 2 and uf.shape[1] != vf.shape[1]:
@@ -191,14 +194,15 @@ def load_hybrid_inputs(ingest: Stored, split: Stored, embed: Stored, cf: Stored)
     return HybridInputs(item_ids=catalog.astype(np.int32), user_ids=users.astype(np.int32),
                         embeddings=emb["embeddings"], mmr=emb["mmr"], has_content=emb["has_content"],
                         user_factors=factors["user_factors"], item_factors=factors["item_factors"],
-                        user_has_cf=factors["user_has_cf"], item_has_cf=factors["item_has_cf"], files=files)
+                        user_has_cf=factors["user_has_cf"], user_folded=factors["user_folded"],
+                        item_has_cf=factors["item_has_cf"], files=files)
 
 
 def assembly_manifest(inputs: HybridInputs) -> dict[str, Any]:
     """Paths, shapes, dtypes and coverage counts of `inputs` (JSON-ready)."""
     arrays = {name: getattr(inputs, name) for name in (
         "item_ids", "user_ids", "embeddings", "mmr", "has_content",
-        "user_factors", "item_factors", "user_has_cf", "item_has_cf")}
+        "user_factors", "item_factors", "user_has_cf", "user_folded", "item_has_cf")}
     content, collab = inputs.has_content, inputs.item_has_cf
     return {
         "files": dict(inputs.files),
@@ -211,6 +215,7 @@ def assembly_manifest(inputs: HybridInputs) -> dict[str, Any]:
             "items_neither": int((~content & ~collab).sum()),
             "n_users": len(inputs.user_ids),
             "users_with_cf": int(inputs.user_has_cf.sum()),
+            "users_folded_in": int(inputs.user_folded.sum()),
             "users_without_cf": int((~inputs.user_has_cf).sum()),
         },
     }

@@ -4,10 +4,11 @@ For every user with test interactions, in batches of users (each batch a pure
 function of the config, the shared arrays and its user range):
 
 1. CF seeds: the top `n_cf_seed` unseen items by u.v among items with a CF
-   factor (faiss exact inner-product search). Users without a CF factor get a
-   content-profile retrieval instead: top `n_cf_seed` unseen items by cosine
-   to their profile (the rating-weighted mean embedding of liked train items),
-   plus the `n_popular_cold` most popular unseen items (so the cold-start
+   factor (faiss exact inner-product search), for users with a factor from the
+   fit or a folded-in one (recopt.cf). Users without a factor from the fit (the
+   cold slice) also get a content-profile retrieval: top `n_cf_seed` unseen items
+   by cosine to their profile (the rating-weighted mean embedding of liked train
+   items), plus the `n_popular_cold` most popular unseen items (so the cold-start
    prior has the popular items to rank; they share the seeds' rank priorities).
 2. Content expansion: the `k_neighbours` nearest content neighbours of each of
    the user's `m_recent` most recent liked train items (rating >= the
@@ -16,7 +17,8 @@ function of the config, the shared arrays and its user range):
    popularity backfill (recopt.filters), capped at `c_max` by priority:
    seeds in score order first, then neighbours by similarity (quantised to
    1e-3, ties by item index), then backfill by popularity.
-4. Component scores: collab = u.v (NaN when user or item has no factor),
+4. Component scores: collab = u.v (NaN when user or item has no factor; a
+   folded-in user factor counts),
    content = cosine(profile, item) (NaN when either has no content).
 
 Source flags: 1 CF seed, 2 content neighbour, 4 profile retrieval, 8 backfill,
@@ -243,10 +245,11 @@ def build_batch(ctx: Context, users: NDArray[np.int64]) -> Batch:
     n_seen = np.diff(seen_b.indptr).astype(np.int64)
     profiles, has_profile = user_profiles(ctx.liked, inp.embeddings, users)
     has_cf = inp.user_has_cf[users]
+    has_factor = has_cf | inp.user_folded[users]  # a folded-in factor seeds too (recopt.cf)
     local = np.arange(B, dtype=np.int64)
 
-    r_cf, i_cf, p_cf = _top_unseen(ctx.cf_vectors, ctx.cf_items, inp.user_factors[users[has_cf]], local[has_cf],
-                                   cfg.n_cf_seed, n_seen[has_cf], seen)
+    r_cf, i_cf, p_cf = _top_unseen(ctx.cf_vectors, ctx.cf_items, inp.user_factors[users[has_factor]],
+                                   local[has_factor], cfg.n_cf_seed, n_seen[has_factor], seen)
     cold = ~has_cf & has_profile
     r_pr, i_pr, p_pr = _top_unseen(ctx.content_vectors, ctx.content_items, profiles[cold], local[cold],
                                    cfg.n_cf_seed, n_seen[cold], seen)
@@ -280,7 +283,7 @@ def build_batch(ctx: Context, users: NDArray[np.int64]) -> Batch:
 
     def scorable(r: NDArray[np.int64], i: NDArray[np.int64]) -> NDArray[np.bool_]:
         # the hard rule is per pair: a cold user cannot be scored on a CF-only item
-        return (has_cf[r] & inp.item_has_cf[i]) | (has_profile[r] & inp.has_content[i])
+        return (has_factor[r] & inp.item_has_cf[i]) | (has_profile[r] & inp.has_content[i])
 
     hard = ctx.hard_item[items] & scorable(rows, items)
     active = [*ctx.soft_item, *(["user_providers"] if ctx.use_user_providers else [])]
@@ -317,7 +320,8 @@ def build_batch(ctx: Context, users: NDArray[np.int64]) -> Batch:
 
     u = users[rows]
     i32 = items.astype(np.int32)
-    collab = collab_scores(inp.user_factors, inp.item_factors, inp.user_has_cf, inp.item_has_cf, u, i32)
+    collab = collab_scores(inp.user_factors, inp.item_factors, inp.user_has_cf | inp.user_folded, inp.item_has_cf,
+                           u, i32)
     content = pair_dots(profiles, inp.embeddings, rows.astype(np.int32), i32)
     content[~(has_profile[rows] & inp.has_content[items])] = np.nan
     provider = features.provider_match(ctx.user_bits, ctx.item_bits, u, items).astype(np.float32)

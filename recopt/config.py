@@ -131,13 +131,14 @@ class RerankConfig:
     cold_beta: float
     cold_prior: str
     cold_mmr_lambda: float | None
+    cold_alpha: float | None
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     fold: str
     alphas: list[float]
-    refine: bool
+    alpha_search_points: int
     cold_betas: list[float]
     cold_priors: list[str]
     cold_mmr_lambdas: list[float]
@@ -197,18 +198,21 @@ ENCODERS = ("tfidf", "minilm", "precomputed")
 CF_METHODS = ("als", "precomputed")
 RELAXABLE = ("providers", "genres", "user_providers")
 MISSING_COLLAB = ("user_mean", "content")
-BASELINES = ("popularity", "random", "cf_only", "content_only")
 REFERENCES = ("ease", "itemknn")
 COLD_PRIORS = ("popularity", "quality")
 FOLDS = ("tune", "test")
+HELDOUT = {"tune": "validation", "test": "test"}  # what each fold scores on
+SLICES = ("cold", "warm", "heavy")                # per-user slices (recopt.split)
 ENGINES = ("local", "ray")
 
 
-def _check_ranges(c: Config, problems: list[str]) -> None:
+def _check_top(c: Config, problems: list[str]) -> None:
     check_value(problems, "alpha", c.alpha, low=0.0, high=1.0)
     check_value(problems, "relevance_threshold", c.relevance_threshold, low=0.5, high=5.0)
     check_value(problems, "seed", c.seed, low=0)
-    d = c.data
+
+
+def _check_data(d: DataConfig, problems: list[str]) -> None:
     check_value(problems, "data.source", d.source, choices=SOURCES)
     if d.source == "synthetic":
         check_value(problems, "data.preset", d.preset, choices=tuple(d.presets))
@@ -223,7 +227,9 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
         problems.append("data.path: required for data=movielens (a folder with ratings.csv and movies.csv)")
     if d.source == "download" and not (d.release and d.url):
         problems.append("data.release / data.url: required for data=download (e.g. data.release=ml-25m)")
-    s = c.split
+
+
+def _check_split(s: SplitConfig, problems: list[str]) -> None:
     check_value(problems, "split.strategy", s.strategy, choices=SPLIT_STRATEGIES)
     check_value(problems, "split.test_frac", s.test_frac, low=0.0, low_open=True, high=0.9)
     check_value(problems, "split.validation_frac", s.validation_frac, low=0.0, low_open=True, high=0.9)
@@ -231,7 +237,9 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     check_value(problems, "split.cold_user_frac", s.cold_user_frac, low=0.0, high=0.5)
     check_value(problems, "split.cold_user_train_n", s.cold_user_train_n, low=1)
     check_value(problems, "split.heavy_frac", s.heavy_frac, low=0.0, high=0.5)
-    e = c.embed_load
+
+
+def _check_embed(e: EmbedConfig, problems: list[str]) -> None:
     check_value(problems, "embed_load.encoder", e.encoder, choices=ENCODERS)
     check_value(problems, "embed_load.dim", e.dim, low=2)
     check_value(problems, "embed_load.min_df", e.min_df, low=1)
@@ -240,7 +248,9 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     check_value(problems, "embed_load.batch_size", e.batch_size, low=1)
     if e.encoder == "precomputed" and not e.vectors:
         problems.append("embed_load.vectors: required for embed_load.encoder=precomputed")
-    f = c.cf_load
+
+
+def _check_cf(f: CFConfig, problems: list[str]) -> None:
     check_value(problems, "cf_load.method", f.method, choices=CF_METHODS)
     check_value(problems, "cf_load.factors", f.factors, low=1)
     check_value(problems, "cf_load.regularization", f.regularization, low=0.0)
@@ -251,7 +261,9 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
         for name in ("user_factors", "user_ids", "item_factors", "item_ids"):
             if not getattr(f, name):
                 problems.append(f"cf_load.{name}: required for cf_load.method=precomputed")
-    k = c.candidates
+
+
+def _check_candidates(k: CandidatesConfig, problems: list[str]) -> None:
     for name in ("n_cf_seed", "m_recent", "k_neighbours", "c_max", "batch_users"):
         check_value(problems, f"candidates.{name}", getattr(k, name), low=1)
     check_value(problems, "candidates.min_pool", k.min_pool, low=0)
@@ -259,7 +271,9 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     check_value(problems, "candidates.quality_prior", k.quality_prior, low=0.0)
     for i, step in enumerate(k.relax_order):
         check_value(problems, f"candidates.relax_order[{i}]", step, choices=RELAXABLE)
-    r = c.rerank
+
+
+def _check_rerank(r: RerankConfig, problems: list[str]) -> None:
     for name in ("w_quality", "w_recency", "w_provider", "mmr_lambda"):
         check_value(problems, f"rerank.{name}", getattr(r, name), low=0.0, high=1.0)
     if r.w_quality + r.w_recency + r.w_provider > 1.0:
@@ -269,13 +283,16 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     check_value(problems, "rerank.missing_collab", r.missing_collab, choices=MISSING_COLLAB)
     check_value(problems, "rerank.cold_beta", r.cold_beta, low=0.0, high=1.0)
     check_value(problems, "rerank.cold_prior", r.cold_prior, choices=COLD_PRIORS)
-    if r.cold_mmr_lambda is not None:
-        check_value(problems, "rerank.cold_mmr_lambda", r.cold_mmr_lambda, low=0.0, high=1.0)
-    v = c.evaluate
+    for name in ("cold_mmr_lambda", "cold_alpha"):
+        if getattr(r, name) is not None:
+            check_value(problems, f"rerank.{name}", getattr(r, name), low=0.0, high=1.0)
+
+
+def _check_evaluate(v: EvaluateConfig, k_final: int, problems: list[str]) -> None:
     check_value(problems, "evaluate.fold", v.fold, choices=FOLDS)
     for key, values, low, high in (("alphas", v.alphas, 0.0, 1.0), ("cold_betas", v.cold_betas, 0.0, 1.0),
                                    ("cold_mmr_lambdas", v.cold_mmr_lambdas, 0.0, 1.0),
-                                   ("ks", v.ks, 1, r.k_final), ("ease_lambdas", v.ease_lambdas, 0.0, None),
+                                   ("ks", v.ks, 1, k_final), ("ease_lambdas", v.ease_lambdas, 0.0, None),
                                    ("knn_ks", v.knn_ks, 1, None)):
         if not values:
             problems.append(f"evaluate.{key}: must list at least one value")
@@ -285,8 +302,10 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
         check_unique(problems, f"evaluate.{key}", values)
     if 10 not in v.ks:
         problems.append("evaluate.ks: must contain 10 (Recall@10 drives the selection and the gates)")
-    for key, values, allowed in (("baselines", v.baselines, BASELINES), ("references", v.references, REFERENCES),
-                                 ("cold_priors", v.cold_priors, COLD_PRIORS)):
+    # evaluate.baselines is checked against recopt.baselines' registry by the evaluate stage (importing it
+    # here would make every stage depend on the baselines' code)
+    check_unique(problems, "evaluate.baselines", v.baselines)
+    for key, values, allowed in (("references", v.references, REFERENCES), ("cold_priors", v.cold_priors, COLD_PRIORS)):
         for i, b in enumerate(values):
             check_value(problems, f"evaluate.{key}[{i}]", b, choices=allowed)
         check_unique(problems, f"evaluate.{key}", values)
@@ -294,6 +313,7 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
         problems.append("evaluate.baselines: must list at least one baseline (gate 1 compares with the best)")
     if not v.cold_priors:
         problems.append("evaluate.cold_priors: must list at least one prior")
+    check_value(problems, "evaluate.alpha_search_points", v.alpha_search_points, low=0)
     check_value(problems, "evaluate.ease_max_items", v.ease_max_items, low=2)
     check_value(problems, "evaluate.reference_tuning_users", v.reference_tuning_users, low=0)
     check_value(problems, "evaluate.time_limit_alpha_s", v.time_limit_alpha_s, low=0.0, low_open=True)
@@ -302,12 +322,27 @@ def _check_ranges(c: Config, problems: list[str]) -> None:
     check_value(problems, "evaluate.gate_min_lift", v.gate_min_lift, low=0.0)
     if not v.experiment.strip():
         problems.append("evaluate.experiment: must name an MLflow experiment")
-    g = c.engine
+
+
+def _check_engine(g: EngineConfig, problems: list[str]) -> None:
     check_value(problems, "engine.name", g.name, choices=ENGINES)
     check_value(problems, "engine.workers", g.workers, low=1)
     check_value(problems, "engine.max_in_flight", g.max_in_flight, low=1)
     check_value(problems, "engine.ray.num_cpus_per_task", g.ray.num_cpus_per_task, low=0.0, low_open=True)
     check_value(problems, "engine.ray.max_retries", g.ray.max_retries, low=0)
+
+
+def _check_ranges(c: Config, problems: list[str]) -> None:
+    """Every section's ranges, each problem naming its key."""
+    _check_top(c, problems)
+    _check_data(c.data, problems)
+    _check_split(c.split, problems)
+    _check_embed(c.embed_load, problems)
+    _check_cf(c.cf_load, problems)
+    _check_candidates(c.candidates, problems)
+    _check_rerank(c.rerank, problems)
+    _check_evaluate(c.evaluate, c.rerank.k_final, problems)
+    _check_engine(c.engine, problems)
 
 
 def load_config(raw: Mapping[str, Any], source: str = "config") -> Config:

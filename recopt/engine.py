@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from tqdm import tqdm
 
 from recopt.config import EngineConfig
 from recopt.errors import RecoptError
+from recopt.runlog import Progress
 
 RAY_EXTRA = "pip install 'recopt[ray]'"
 
@@ -90,7 +90,7 @@ class LocalEngine(Engine):
         todo = iter(tasks)
         with one_thread_per_batch(), ThreadPoolExecutor(self.workers, thread_name_prefix="recopt",
                                                         initializer=_one_thread_here) as pool, \
-                tqdm(total=total, desc=desc, unit="batch", mininterval=2, leave=False) as bar:
+                Progress(total, desc, "batches") as bar:
             pending: deque[Any] = deque()
 
             def top_up() -> None:
@@ -140,7 +140,7 @@ class RayEngine(Engine):
         running: dict[Any, int] = {}
         done: dict[int, Any] = {}
         next_out = 0
-        with tqdm(total=total, desc=f"{desc} (ray)", unit="batch", mininterval=2, leave=False) as bar:
+        with Progress(total, f"{desc} (ray)", "batches") as bar:
             def top_up() -> None:
                 while (len(running) + len(done) < self.cfg.max_in_flight
                        and (deadline is None or time.perf_counter() < deadline)):

@@ -4,8 +4,8 @@ Each pool batch is read once, normalised once, and ranked for every part (every
 alpha, cold-start variant, baseline and reference) by recopt.methods.evaluate_batch,
 run by the batch executor (recopt.engine). Each finished batch is checkpointed
 under ``paths.checkpoints``, keyed by everything its content depends on (fold,
-candidate store, parts, config, code), so a killed evaluation resumes with identical
-results. Past its deadline a pass starts no new batch and is *partial*: every part
+candidate store, factors, parts, config, and the code: every project module a batch
+imports, recopt.closure), so a killed evaluation resumes with identical results. Past its deadline a pass starts no new batch and is *partial*: every part
 then covers the same finished users, and the pass says so.
 
 Evaluated users: users with at least one relevant held-out item (rated >=
@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +27,10 @@ from numpy.typing import NDArray
 
 from recopt.artifacts import Stored, open_artifact
 from recopt.candidates import user_item_matrix
+from recopt.closure import code_digest
 from recopt.config import Config
 from recopt.engine import make_engine
+from recopt.layout import checkpoint_dir, checkpoint_file, save_arrays
 from recopt.methods import TOP, Part, PartBatch, Shared, Task, evaluate_batch, part_task_fields
 from recopt.pools import read_pool
 from recopt.references import fit_ease, fit_itemknn, interaction_matrix
@@ -39,9 +39,8 @@ from recopt.runlog import log
 from recopt.scoring import prior_signal
 from recopt.split import relevant_items
 
-# the code that decides a checkpoint's content: a change to any of it invalidates old checkpoints
-_CODE = ("evaluate.py", "methods.py", "scoring.py", "rerank.py", "kernels.py", "metrics.py", "keys.py",
-         "references.py", "pools.py")
+# the modules whose code decides a checkpoint's content (with everything they import)
+CODE_ENTRIES = ("recopt.evaluate", "recopt.methods")
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,8 @@ class EvalData:
     seen: object               # CSR users x items (train)
     mmr: NDArray[np.float32]
     embeddings: NDArray[np.float32]
-    factors: dict[str, NDArray]   # cf-load's user_factors, item_factors, user_has_cf, item_has_cf
+    factors: dict[str, NDArray]   # cf-load's user_factors, item_factors, user_has_cf, user_folded, item_has_cf
+    cf: Stored
     skipped: dict[str, int]
 
     @property
@@ -87,8 +87,9 @@ def load_eval_data(cfg: Config, fold: str, reader: str) -> EvalData:
                     pool_users=pool_users, items=items, n_users=len(user_ids), relevant=relevant,
                     seen=user_item_matrix(train, user_ids, item_ids), mmr=embed.npy("mmr"),
                     embeddings=embed.npy("embeddings", mmap=True),
-                    factors={n: cf.npy(n) for n in ("user_factors", "item_factors", "user_has_cf", "item_has_cf")},
-                    skipped=skipped)
+                    factors={n: cf.npy(n) for n in ("user_factors", "item_factors", "user_has_cf", "user_folded",
+                                                    "item_has_cf")},
+                    cf=cf, skipped=skipped)
 
 
 @dataclass
@@ -104,8 +105,8 @@ class PartResult:
 
 @dataclass
 class PassResult:
-    parts: dict[str, PartResult]
-    checkpoints: dict[str, Path]                 # each part's checkpoint folder
+    parts: dict[Part, PartResult]
+    checkpoints: dict[Part, Path]                # each part's checkpoint folder
     batches: list[int]                           # every batch of the fold
     done: list[int]                              # batches finished (all parts), ascending
     resumed: int
@@ -131,8 +132,6 @@ def build_shared(cfg: Config, data: EvalData, parts: tuple[Part, ...]) -> tuple[
     """The arrays every batch of a pass reads; fits the references the parts need."""
     items = data.items
     need = part_task_fields(parts)
-    has_cf = np.zeros(data.n_users, dtype=bool)
-    has_cf[data.pool_users["user"].to_numpy()] = data.pool_users["has_cf"].to_numpy()
     sampled = np.zeros(data.n_users, dtype=bool)
     sampled[reference_sample(cfg, data)] = True
     pop = items["popularity"].to_numpy().astype(np.int64)
@@ -150,39 +149,32 @@ def build_shared(cfg: Config, data: EvalData, parts: tuple[Part, ...]) -> tuple[
         fits["itemknn"] = round(time.perf_counter() - t, 3)
     shared = Shared(cfg=cfg, fold=data.fold, parts=parts, quality=quality, recency=items["recency"].to_numpy(),
                     popularity=pop, priors={name: prior_signal(name, quality, pop) for name in ("popularity", "quality")},
-                    item_has_cf=items["has_cf"].to_numpy(), user_has_cf=has_cf, user_sampled=sampled,
-                    relevant=data.relevant,
+                    item_has_cf=data.factors["item_has_cf"], user_has_cf=data.factors["user_has_cf"],
+                    user_folded=data.factors["user_folded"], user_sampled=sampled, relevant=data.relevant,
                     seen=data.seen, mmr=data.mmr, embeddings=np.asarray(data.embeddings),
                     popular_order=np.argsort(-pop, kind="stable").astype(np.int64),
                     user_factors=data.factors["user_factors"], item_factors=data.factors["item_factors"],
-                    factor_users=data.factors["user_has_cf"], factor_items=data.factors["item_has_cf"],
                     ease=ease, knn=knn)
     return shared, fits
 
 
 def part_checkpoints(cfg: Config, data: EvalData, part: Part) -> Path:
-    """A part's checkpoint folder, keyed by everything its lists depend on: fold, store, the part
-    itself, config, code. One folder a part: a pass computes only the parts a batch lacks, so adding
-    an alpha to the grid computes that alpha alone."""
-    code = hashlib.sha256(b"".join((Path(__file__).parent / name).read_bytes() for name in _CODE)).hexdigest()
+    """A part's checkpoint folder, keyed by everything its lists depend on: fold, store, split, factors,
+    the part itself, config, code. One folder a part: a pass computes only the parts a batch lacks, so
+    adding an alpha to the grid computes that alpha alone."""
     c = cfg.to_dict()
     key = json.dumps({"fold": data.fold, "store": data.candidates.digest, "split": data.split.digest,
-                      "part": part.name, "sampled": part.sampled, "rerank": c["rerank"], "ks": c["evaluate"]["ks"],
-                      "ease_max_items": cfg.evaluate.ease_max_items,
+                      "factors": data.cf.digest, "part": part.name, "sampled": part.sampled, "rerank": c["rerank"],
+                      "ks": c["evaluate"]["ks"], "ease_max_items": cfg.evaluate.ease_max_items,
                       "reference_users": cfg.evaluate.reference_tuning_users, "seed": cfg.seed,
-                      "threshold": cfg.relevance_threshold, "code": code}, sort_keys=True)
-    safe = "".join(ch if ch.isalnum() or ch in "=.-_" else "_" for ch in part.name)
-    return Path(cfg.paths.checkpoints) / f"{data.fold}-{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+                      "threshold": cfg.relevance_threshold, "code": code_digest(*CODE_ENTRIES)}, sort_keys=True)
+    return checkpoint_dir(cfg.paths, data.fold, part.name, hashlib.sha256(key.encode()).hexdigest()[:12])
 
 
 def save_part(path: Path, b: PartBatch) -> None:
-    """One part's results on one batch, written atomically under a per-process temporary name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"users": b.users, "lists": b.lists, "scores": b.scores, "seconds": np.array([b.seconds]),
-              **{f"m.{name}": v for name, v in b.per_user.items()}}
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp.npz")  # per process: no races
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """One part's results on one batch, written atomically."""
+    save_arrays(path, {"users": b.users, "lists": b.lists, "scores": b.scores, "seconds": np.array([b.seconds]),
+                       **{f"m.{name}": v for name, v in b.per_user.items()}})
 
 
 def load_part(path: Path, scores: bool = True) -> PartBatch:
@@ -194,19 +186,15 @@ def load_part(path: Path, scores: bool = True) -> PartBatch:
                          per_user={n[2:]: z[n] for n in z.files if n.startswith("m.")}, seconds=float(z["seconds"][0]))
 
 
-def batch_path(ckpt: Path, batch: int) -> Path:
-    return ckpt / f"batch-{batch:05d}.npz"
-
-
 def evaluate_parts(cfg: Config, data: EvalData, parts: tuple[Part, ...], *, deadline: float | None,
                    desc: str) -> PassResult:
     """One pass: every part over every evaluated user, resuming from each part's checkpoints."""
     started = time.perf_counter()
-    dirs = {p.name: part_checkpoints(cfg, data, p) for p in parts}
+    dirs = {p: part_checkpoints(cfg, data, p) for p in parts}
     batches = sorted(int(b) for b in data.users["batch"].unique())
     users_of = {int(b): g["user"].to_numpy().astype(np.int64)
                 for (b,), g in data.users.partition_by("batch", as_dict=True).items()}
-    missing = {b: tuple(p for p in parts if not batch_path(dirs[p.name], b).exists()) for b in batches}
+    missing = {b: tuple(p for p in parts if not checkpoint_file(dirs[p], b).exists()) for b in batches}
     todo = [b for b in batches if missing[b]]
     needed = tuple(dict.fromkeys(p for b in todo for p in missing[b]))
     shared, fits = build_shared(cfg, data, needed) if todo else (None, {})
@@ -223,7 +211,7 @@ def evaluate_parts(cfg: Config, data: EvalData, parts: tuple[Part, ...], *, dead
             yield Task(batch=b, users=users_of[b], pool=pool, parts=missing[b])
 
     acc: dict[int, dict[str, PartBatch]] = {  # the summaries need no scores: they are not even read
-        b: {p.name: _compact(load_part(batch_path(dirs[p.name], b), scores=False)) for p in parts
+        b: {p: _compact(load_part(checkpoint_file(dirs[p], b), scores=False)) for p in parts
             if p not in missing[b]}
         for b in batches}
     done = [b for b in batches if not missing[b]]
@@ -231,9 +219,9 @@ def evaluate_parts(cfg: Config, data: EvalData, parts: tuple[Part, ...], *, dead
         engine = make_engine(cfg.engine)
         for b, out in zip(todo, engine.map(evaluate_batch, shared, tasks(), desc=desc, total=len(todo),
                                             deadline=deadline)):
-            for name, pb in out.items():
-                save_part(batch_path(dirs[name], b), pb)
-                acc[b][name] = _compact(pb)
+            for part, pb in out.items():
+                save_part(checkpoint_file(dirs[part], b), pb)
+                acc[b][part] = _compact(pb)
             done.append(b)
         engine.close()
     done.sort()
@@ -241,8 +229,8 @@ def evaluate_parts(cfg: Config, data: EvalData, parts: tuple[Part, ...], *, dead
     result = PassResult(parts={}, checkpoints=dirs, batches=batches, done=done, resumed=resumed,
                         seconds=round(time.perf_counter() - started, 3), fit_seconds=fits)
     for p in parts:
-        chunks = [acc[b][p.name] for b in done]
-        result.parts[p.name] = PartResult(
+        chunks = [acc[b][p] for b in done]
+        result.parts[p] = PartResult(
             part=p, users=_cat([c.users for c in chunks], np.int32),
             top=np.concatenate([c.lists for c in chunks]) if chunks else np.zeros((0, TOP), np.int32),
             per_user={m: np.concatenate([c.per_user[m] for c in chunks]) for m in (chunks[0].per_user if chunks else {})},

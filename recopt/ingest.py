@@ -13,7 +13,8 @@ import polars as pl
 
 from recopt import synthetic
 from recopt.config import Config, preset
-from recopt.artifacts import Output, file_name, output
+from recopt.artifacts import Output, output
+from recopt.layout import file_name
 from recopt.movielens import download_movielens, read_movielens
 from recopt.rng import stage_rng
 from recopt.runlog import timed

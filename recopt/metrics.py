@@ -17,10 +17,13 @@ guarantees it). Conventions shared by all metrics:
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from typing import Any
 
 PADDING = -1
 # Bounds the (users x d) embedding sums in diversity_at_k; 64 MiB stays far below RAM at 200k users.
@@ -211,24 +214,6 @@ def diversity_at_k(
     return out
 
 
-def ranking_metrics(
-    hits: NDArray[np.bool_], n_relevant: NDArray[np.int64], ks: tuple[int, ...] | list[int]
-) -> dict[str, FloatArray]:
-    """Per-user accuracy metrics for each cutoff, keyed by label (``recall@10``, ``map@10``...).
-
-    Labels name the mean that :func:`summarise` turns them into (ap@k -> ``map@k``).
-    """
-    out: dict[str, FloatArray] = {}
-    for k in ks:  # a handful of cutoffs, each fully vectorised
-        out[f"recall@{k}"] = recall_at_k(hits, n_relevant, k)
-        out[f"precision@{k}"] = precision_at_k(hits, k)
-        out[f"map@{k}"] = average_precision_at_k(hits, n_relevant, k)
-        out[f"ndcg@{k}"] = ndcg_at_k(hits, n_relevant, k)
-        out[f"mrr@{k}"] = reciprocal_rank(hits, k)
-        out[f"hit_rate@{k}"] = hit_rate_at_k(hits, k)
-    return out
-
-
 def summarise(per_user: dict[str, NDArray]) -> dict[str, float]:
     """Mean of each per-user metric over the users given; 0.0 for an empty array."""
     return {name: float(np.mean(v)) if np.size(v) else 0.0 for name, v in per_user.items()}
@@ -237,3 +222,92 @@ def summarise(per_user: dict[str, NDArray]) -> dict[str, float]:
 def mlflow_key(name: str) -> str:
     """MLflow metric key for a label: ``recall@10`` -> ``recall_at_10`` (MLflow rejects '@')."""
     return name.replace("@", "_at_")
+
+
+# --------------------------------------------------------------------------- the registry
+# Every metric recopt computes, in the order tables show them, with the views that show it.
+# Adding a metric is one entry here (and its function above).
+CONSOLE, TUNING, HEADLINE, INTERVAL, VIEW, SLICE = "console", "tuning", "headline", "interval", "mlflow_view", "slice"
+HEADLINE_K = 10  # the cutoff of every headline figure (selection and gates use recall@10)
+
+
+@dataclass(frozen=True)
+class ListInputs:
+    """What the per-user metrics of a block of ranked lists read."""
+
+    ranked: NDArray[np.int32]       # (n_users, L) catalog indices, -1 padded
+    hits: NDArray[np.bool_]         # (n_users, L) from mark_hits
+    n_relevant: NDArray[np.int64]   # (n_users,)
+    embeddings: NDArray[np.float32]  # catalog embeddings (diversity)
+    item_has_cf: NDArray[np.bool_]  # catalog CF mask (cold-item share)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: `name` is a family measured at each cutoff of evaluate.ks (``level="ranking"``) or at
+    the headline cutoff (``"list"``: per user; ``"catalog"``: one value over every list), or a property
+    of the candidate pool (``"pool"``: read from the candidates store, no function)."""
+
+    name: str
+    level: str
+    compute: Callable[..., Any] | None
+    views: tuple[str, ...]
+
+    def cutoffs(self, ks: list[int] | tuple[int, ...], view: str | None = None) -> list[int | None]:
+        """The cutoffs it is shown at: every one of `ks` for a ranking metric (the headline one only in
+        views other than the tuning table), the headline cutoff for list and catalog metrics, none
+        (``[None]``) for pool ones."""
+        if self.level == "pool":
+            return [None]
+        return list(sorted(ks)) if self.level == "ranking" and view in (None, TUNING) else [HEADLINE_K]
+
+    def label(self, k: int | None) -> str:
+        """Its column label at cutoff `k`: ``recall@10``; a pool metric's name."""
+        return self.name if k is None else f"{self.name}@{k}"
+
+
+def _cold_item_share(inp: ListInputs, k: int) -> FloatArray:
+    """Share of each top-k list that has no CF factor (0.0 for an empty list)."""
+    top = inp.ranked[:, :k]
+    n_top = (top >= 0).sum(axis=1)
+    cold = ((top >= 0) & ~inp.item_has_cf[np.maximum(top, 0)]).sum(axis=1)
+    return np.where(n_top > 0, cold / np.maximum(n_top, 1), 0.0)
+
+
+_ALL = (CONSOLE, TUNING, HEADLINE, INTERVAL, VIEW, SLICE)
+REGISTRY: tuple[Metric, ...] = (
+    Metric("recall", "ranking", lambda i, k: recall_at_k(i.hits, i.n_relevant, k), _ALL),
+    Metric("map", "ranking", lambda i, k: average_precision_at_k(i.hits, i.n_relevant, k), _ALL),
+    Metric("ndcg", "ranking", lambda i, k: ndcg_at_k(i.hits, i.n_relevant, k), _ALL),
+    Metric("precision", "ranking", lambda i, k: precision_at_k(i.hits, k), ()),
+    Metric("mrr", "ranking", lambda i, k: reciprocal_rank(i.hits, k), (TUNING,)),
+    Metric("hit_rate", "ranking", lambda i, k: hit_rate_at_k(i.hits, k), (TUNING,)),
+    Metric("coverage", "catalog", lambda top, share: coverage_at_k(top, len(share), HEADLINE_K),
+           (CONSOLE, TUNING, HEADLINE, VIEW)),
+    Metric("novelty", "catalog", lambda top, share: novelty_at_k(top, share, HEADLINE_K),
+           (CONSOLE, TUNING, HEADLINE, VIEW)),
+    Metric("diversity", "list", lambda i, k: diversity_at_k(i.ranked, i.embeddings, k), (TUNING,)),
+    Metric("pool_recall", "pool", None, (TUNING, VIEW)),
+    Metric("cold_item_share", "list", _cold_item_share, (TUNING,)),
+)
+
+
+def per_user_metrics(inp: ListInputs, ks: list[int] | tuple[int, ...]) -> dict[str, FloatArray]:
+    """Every per-user metric of the registry (ranking metrics at each cutoff), keyed by label."""
+    out: dict[str, FloatArray] = {}
+    for m in REGISTRY:
+        if m.level in ("ranking", "list"):
+            for k in m.cutoffs(ks):
+                out[m.label(k)] = m.compute(inp, k)  # type: ignore[misc]
+    return out
+
+
+def catalog_metrics(top: NDArray[np.int32], popularity_share: NDArray[np.float64]) -> dict[str, float]:
+    """Every catalog-level metric of the registry over a set of top lists (0.0 for no lists)."""
+    return {m.label(HEADLINE_K): (m.compute(top, popularity_share) if len(top) else 0.0)  # type: ignore[misc]
+            for m in REGISTRY if m.level == "catalog"}
+
+
+def shown_in(view: str, ks: list[int] | tuple[int, ...] = (HEADLINE_K,)) -> list[str]:
+    """The labels a view shows, in registry order."""
+    return [m.label(k) for m in REGISTRY if view in m.views for k in m.cutoffs(ks, view)]

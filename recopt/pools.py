@@ -53,7 +53,7 @@ def read_pool(store: Stored, batch: int, sizes: NDArray[np.int64], users: NDArra
 
 def _write_batch(b: Batch, out: Output, batch: int) -> None:
     table = pa.table({"item": b.item, "content": b.content, "provider": b.provider, "source": b.source})
-    pq.write_table(table, out.path(f"pools/part-{batch:05d}.parquet"), compression="zstd",
+    pq.write_table(table, out.pool(batch), compression="zstd",
                    row_group_size=1 << 22, use_byte_stream_split=["content", "provider"])
 
 
@@ -66,6 +66,15 @@ def _pool_recall(b: Batch, users: NDArray[np.int64], relevant: Any) -> tuple[NDA
     n_rel = np.diff(rel.indptr)
     hits = np.bincount(rows[hit], minlength=len(users))
     return np.bincount(rows, minlength=len(users)), np.where(n_rel > 0, hits / np.maximum(n_rel, 1), 0.0)
+
+
+MIN_BATCHES, MIN_BATCH_USERS = 16, 256
+
+
+def batch_size(n_users: int, batch_users: int) -> int:
+    """Users per batch: candidates.batch_users, or fewer so a data set has at least MIN_BATCHES batches
+    (progress that moves, both cores busy), never below MIN_BATCH_USERS (per-batch overhead)."""
+    return int(min(batch_users, max(MIN_BATCH_USERS, -(-n_users // MIN_BATCHES))))
 
 
 def _pool_task(ctx: Context, users: NDArray[np.int64]) -> Batch:
@@ -95,7 +104,8 @@ def run_candidates(cfg: Config, fold: str) -> dict[str, Any]:
         # the held-out split is read only to measure pool recall, after the pools exist
         relevant = user_item_matrix(relevant_items(split.parquet("heldout"), cfg.relevance_threshold),
                                     inputs.user_ids, inputs.item_ids)
-        batches = [eval_users[s:s + c.batch_users] for s in range(0, len(eval_users), c.batch_users)]
+        size = batch_size(len(eval_users), c.batch_users)
+        batches = [eval_users[s:s + size] for s in range(0, len(eval_users), size)]
         sizes, recall, steps = [], [], []
         source_counts = dict.fromkeys(SOURCES, 0)
         engine = make_engine(cfg.engine)
@@ -116,7 +126,7 @@ def run_candidates(cfg: Config, fold: str) -> dict[str, Any]:
             "has_cf": inputs.user_has_cf[eval_users], "n_relevant": ev["n_relevant"],
             "pool_size": sizes_a.astype(np.int32), "relax_step": [labels[s] for s in steps_a],
             "pool_recall": recall_a.astype(np.float32),
-            "batch": (np.arange(len(eval_users)) // c.batch_users).astype(np.int32),
+            "batch": (np.arange(len(eval_users)) // size).astype(np.int32),
         })
         out.parquet("users", table)
         out.parquet("items", pl.DataFrame({
@@ -137,7 +147,7 @@ def run_candidates(cfg: Config, fold: str) -> dict[str, Any]:
             "pool_recall": round(float(with_rel["pool_recall"].mean() or 0.0), 4),
             "pool_recall_by_slice": {s: round(float(v), 4) for s, v in with_rel.group_by("slice").agg(
                 pl.col("pool_recall").mean()).sort("slice").iter_rows()},
-            "store_bytes": sum(out.path(f"pools/part-{b:05d}.parquet").stat().st_size for b in range(len(batches))),
+            "store_bytes": sum(out.pool(b).stat().st_size for b in range(len(batches))),
         }
     log.info("candidates@%s: %d users, mean pool %.0f, pool recall %.3f", fold, len(eval_users),
              out.summary["pool_size"]["mean"], out.summary["pool_recall"])

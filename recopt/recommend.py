@@ -1,8 +1,9 @@
 """Show one user's final ranked list, with every score and why each item was retrieved.
 
-Uses a fold's stored candidate pool and the same scoring and MMR code as evaluate.
-By default the test fold (models fit on the full train) at the alpha and cold-start
-beta chosen on validation.
+Uses a fold's stored candidate pool and the same scoring and MMR code as evaluate
+(the part that would serve the user: its alpha, or the cold rule's part for a user
+without a factor from the fit). By default the test fold (models fit on the full
+train) at the alpha and cold rule chosen on validation.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from recopt.artifacts import HELDOUT, open_artifact
+from recopt.artifacts import open_artifact
 from recopt.candidates import SOURCES, collab_scores
-from recopt.config import Config, RerankConfig
+from recopt.config import HELDOUT, Config, RerankConfig
 from recopt.errors import RecoptError
+from recopt.methods import Part, PartKind, mmr_weight, part_scores
 from recopt.pools import read_pool
 from recopt.rerank import rank_pools
-from recopt.scoring import prior_signal, score_pool
+from recopt.scoring import normalise_pool, prior_signal
+from recopt.selection import ColdRule, part_label
 
 
 @dataclass(frozen=True)
@@ -27,17 +30,24 @@ class Recommendation:
     slice: str
     has_cf: bool
     n_train: int
-    alpha: float
-    beta: float
+    part: Part                 # what served the user
     fold: str
     table: pl.DataFrame
     n_hits: int
 
 
-def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fold: str = "test",
-              rerank: RerankConfig | None = None) -> Recommendation:
-    """The ranked list of `user_id` (a MovieLens userId) at `alpha`, one row per item; `rerank`
-    replaces cfg.rerank (e.g. with the cold-start settings chosen on validation)."""
+def serving_part(alpha: float, cold: ColdRule, has_cf: bool, folded: bool) -> Part:
+    """The part that serves a user: alpha for a user with a factor from the fit, else the first part of
+    the cold rule that serves users like this one (fold-in needs a folded-in factor)."""
+    if has_cf:
+        return Part(PartKind.ALPHA, alpha)
+    return next(p for p in cold.parts if p.kind == PartKind.COLD or folded)
+
+
+def recommend(cfg: Config, user_id: int, alpha: float, cold: ColdRule, k: int | None = None,
+              fold: str = "test") -> Recommendation:
+    """The ranked list of `user_id` (a MovieLens userId) at `alpha` (users without a factor from the fit:
+    the cold rule `cold`), one row per item."""
     if not 0.0 <= alpha <= 1.0:
         raise RecoptError(f"--alpha: {alpha} must be in [0, 1]")
     reader = "recommend"
@@ -58,37 +68,37 @@ def recommend(cfg: Config, user_id: int, alpha: float, k: int | None = None, fol
     pool = {name: col[keep] for name, col in pool.items()}
     items_tbl = cand.parquet("items")
     movies = ingest.parquet("movies", columns=["movieId", "title"])
-    rerank = rerank or cfg.rerank
-    prior = prior_signal(rerank.cold_prior, items_tbl["quality"].to_numpy(), items_tbl["popularity"].to_numpy())
+    quality, popularity = items_tbl["quality"].to_numpy(), items_tbl["popularity"].to_numpy()
+    priors = {name: prior_signal(name, quality, popularity) for name in ("popularity", "quality")}
+    has_cf, folded = cf.npy("user_has_cf"), cf.npy("user_folded")
     rows, items = pool["user"], pool["item"]
-    collab = collab_scores(cf.npy("user_factors"), cf.npy("item_factors"), cf.npy("user_has_cf"),
-                           cf.npy("item_has_cf"), rows, items)
-    s = score_pool(rows, items, collab, pool["content"], pool["provider"], items_tbl["quality"].to_numpy(),
-                   items_tbl["recency"].to_numpy(), prior, alpha, rerank)
-    lam = rerank.cold_mmr_lambda if not bool(row["has_cf"][0]) and rerank.cold_mmr_lambda is not None \
-        else rerank.mmr_lambda
-    r = rank_pools(rows, items, s.final, embed.npy("mmr"), k or rerank.k_final, lam, rerank.mmr_pool)
+    collab = collab_scores(cf.npy("user_factors"), cf.npy("item_factors"), has_cf | folded, cf.npy("item_has_cf"),
+                           rows, items)
+    norm = normalise_pool(rows, items, collab, pool["content"], pool["provider"], quality,
+                          items_tbl["recency"].to_numpy(), cfg.rerank.missing_collab)
+    part = serving_part(alpha, cold, bool(has_cf[user]), bool(folded[user]))
+    hybrid, final = part_scores(norm, part, priors, cfg.rerank)
+    r = rank_pools(rows, items, final, embed.npy("mmr"), k or cfg.rerank.k_final, mmr_weight(part, cfg.rerank),
+                   cfg.rerank.mmr_pool)
     pos = r.positions[0][r.positions[0] >= 0] if len(r.users) else np.zeros(0, np.int64)
     flags = pool["source"][pos]
     movie_ids = items_tbl["movieId"].to_numpy()[items[pos]]
     heldout = split.parquet("heldout").filter((pl.col("userId") == user_id) & (pl.col("rating") >= cfg.relevance_threshold))
     hits = np.isin(movie_ids, heldout["movieId"].to_numpy())
     table = pl.DataFrame({
-        "rank": np.arange(1, len(pos) + 1), "movieId": movie_ids, "final": s.final[pos], "hybrid": s.hybrid[pos],
-        "collab": s.collab[pos], "content": s.content[pos],
+        "rank": np.arange(1, len(pos) + 1), "movieId": movie_ids, "final": final[pos], "hybrid": hybrid[pos],
+        "collab": norm.collab[pos], "content": norm.content[pos],
         "sources": [",".join(name for name, bit in SOURCES.items() if f & bit) for f in flags], "hit": hits,
     }).join(movies, on="movieId", how="left").select("rank", "movieId", "title", "final", "hybrid", "collab",
                                                       "content", "sources", "hit")
     info = split.parquet("users").filter(pl.col("userId") == user_id).row(0, named=True)
-    return Recommendation(user_id=user_id, slice=info["slice"], has_cf=bool(row["has_cf"][0]),
-                          n_train=int(info["n_train"]), alpha=alpha, beta=rerank.cold_beta, fold=fold, table=table,
-                          n_hits=int(hits.sum()))
+    return Recommendation(user_id=user_id, slice=info["slice"], has_cf=bool(has_cf[user]), n_train=int(info["n_train"]),
+                          part=part, fold=fold, table=table, n_hits=int(hits.sum()))
 
 
 def format_recommendation(rec: Recommendation, show_hits: bool, width: int = 100) -> str:
     """A header and a table at most `width` columns wide, for a person to read."""
-    rule = f"cold start: beta={rec.beta!r} (content vs prior)" if not rec.has_cf \
-        else f"alpha={rec.alpha!r} (content weight)"
+    rule = part_label(rec.part) if rec.has_cf else f"cold start, {part_label(rec.part)}"
     lines = [f"user {rec.user_id} · slice {rec.slice} · {rec.n_train} train ratings · "
              f"{'has a' if rec.has_cf else 'no'} CF factor · {rule}",
              f"fold {rec.fold} (models fit on {'train' if rec.fold == 'test' else 'tune-train'}). The order is MMR's:",

@@ -1,6 +1,8 @@
-"""Tables, intervals, gates, the markdown report, the console summary and the plot -- all from runs.
+"""Formatting a fold's outcome for people: tables, the markdown report, the console lines, the plot.
 
-No number here is typed by hand: every table is built from the evaluated runs.
+Nothing is computed or chosen here (recopt.study and recopt.comparisons do that) and no
+number is typed by hand: every table is built from the evaluated runs. Labels come
+from recopt.selection's table; metric columns from recopt.metrics' registry.
 """
 
 from __future__ import annotations
@@ -8,111 +10,70 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
-from recopt import gates
-from recopt.config import Config
-from recopt.runs import Run, common_users, on_users, slice_summaries, user_slices
+from recopt import metrics
+from recopt.comparisons import Comparison, Gate, Gates
+from recopt.config import HELDOUT
+from recopt.runs import Run, slice_summaries
+from recopt.selection import ALPHA_ROLES, COLD_ROLES, Role, Selection, part_label, role_label, run_label
 
-# The study's columns first. Its alpha_time_sec is a run fact: it lives in paths.runs/evaluate@<fold>.json
-# and in MLflow, never in a DVC-tracked table (identical results must hash identically).
+# The study's columns first (the seed's tuning_results.csv). Its alpha_time_sec is a run fact: it lives in
+# paths.runs/evaluate@<fold>.json and in MLflow, never in a DVC-tracked table (identical results hash alike).
 USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10", "alpha_timed_out"]
-METRIC_COLUMNS = ["recall@5", "recall@20", "ndcg@10", "mrr@10", "hit_rate@10", "coverage@10", "novelty@10",
-                  "diversity@10", "pool_recall", "cold_item_share@10"]
-CONSOLE = ["recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10"]
-INTERVAL_METRICS = ["recall@10", "map@10", "ndcg@10"]
+CONSOLE_COLD_ROWS = 3  # cold-rule rows the console shows besides the chosen one
 
 
-def runs_table(runs: list[Run], skipped: int, with_time: bool = False) -> pl.DataFrame:
-    """One row per run: how it was chosen, its users, every metric (and its compute seconds when
-    `with_time`: only for tables outside DVC's outputs)."""
-    rows = []
-    for r in runs:
-        s = r.summary
-        rows.append({"run": r.name, "chosen": r.chosen, "alpha": r.alpha, "users_eval": int(s["users_eval"]),
-                     "users_skipped": skipped, "mean_cand": round(s["mean_cand"], 1),
-                     "alpha_timed_out": not r.complete, **{k: s.get(k, float("nan"))
-                                                           for k in ["recall@10", "map@10", *METRIC_COLUMNS]},
-                     **({"alpha_time_sec": r.seconds} if with_time else {})})
-    return pl.DataFrame(rows, schema_overrides={"alpha": pl.Float64})
+def _row(r: Run, skipped: int, ks: list[int], with_time: bool) -> dict[str, Any]:
+    s = r.summary
+    return {"run": run_label(r), "chosen": role_label(r.role), "alpha": r.alpha, "users_eval": int(s["users_eval"]),
+            "users_skipped": skipped, "fallback_users": r.fallback_users, "mean_cand": round(s["mean_cand"], 1),
+            "alpha_timed_out": not r.complete,
+            **{k: s.get(k, float("nan")) for k in metrics.shown_in(metrics.TUNING, ks)},
+            **({"alpha_time_sec": r.seconds} if with_time else {})}
 
 
-def tuning_table(table: pl.DataFrame) -> pl.DataFrame:
-    """The alpha grid in the columns the study asked for first (`tuning_results.csv`)."""
-    grid = table.filter(pl.col("chosen").is_in(["alpha* (validation)", "grid (information)"]))
-    return grid.select([*USER_COLUMNS, *METRIC_COLUMNS]).sort("alpha")
+def runs_table(runs: list[Run], skipped: int, ks: list[int], with_time: bool = False) -> pl.DataFrame:
+    """One row per run: its label, how it was chosen, its users (and how many took a fallback), every
+    metric of the tuning view (and its compute seconds when `with_time`: only outside DVC's outputs)."""
+    return pl.DataFrame([_row(r, skipped, ks, with_time) for r in runs], schema_overrides={"alpha": pl.Float64})
+
+
+def tuning_table(runs: list[Run], skipped: int, ks: list[int]) -> pl.DataFrame:
+    """The alpha curve (grid and search points) in the columns the study asked for first."""
+    table = runs_table([r for r in runs if r.role in ALPHA_ROLES], skipped, ks)
+    return table.select([*USER_COLUMNS, *[c for c in metrics.shown_in(metrics.TUNING, ks) if c not in USER_COLUMNS]]
+                        ).sort("alpha")
 
 
 def slices_table(runs: list[Run], data: Any) -> pl.DataFrame:
-    return pl.DataFrame([row for r in runs for row in slice_summaries(r, data)])
+    return pl.DataFrame([{"run": run_label(r), **row} for r in runs for row in slice_summaries(r, data)])
 
 
-def intervals(reference: Run, runs: list[Run], cfg: Config, rng: np.random.Generator) -> pl.DataFrame:
-    """Every run serving all users against `reference` (alpha*) on Recall@10, MAP@10, NDCG@10: the
-    difference and the relative lift with paired-bootstrap 95% intervals, on the users all of them
-    finished. (Cold-start rows serve only users without a CF factor: gate 2 compares those.)"""
-    others = [r for r in runs if r.name != reference.name and r.kind != "cold"]
-    users = common_users([reference, *others])
-    if not len(users) or not others:
-        return pl.DataFrame()
-    cols = [on_users(r, users, m) for r in [reference, *others] for m in INTERVAL_METRICS]
-    samples = gates.bootstrap_means(np.column_stack(cols), cfg.evaluate.bootstrap_samples, rng)
-    means = np.column_stack(cols).mean(axis=0)
-    n_m = len(INTERVAL_METRICS)
-    rows = []
-    for j, r in enumerate(others, start=1):
-        for i, m in enumerate(INTERVAL_METRICS):
-            a, b = j * n_m + i, i  # the run against alpha*
-            res = gates.interval(means[a], means[b], samples[:, a], samples[:, b])
-            rows.append({"run": r.name, "vs": reference.name, "metric": m, "users": len(users), "value": means[a],
-                         "alpha_star": means[b], "diff": res.diff, "diff_lo": res.diff_lo, "diff_hi": res.diff_hi,
-                         "lift": res.rel, "lift_lo": res.rel_lo, "lift_hi": res.rel_hi})
-    return pl.DataFrame(rows)
+def intervals_table(rows: list[tuple[Run, dict[str, Comparison]]], star: Run) -> pl.DataFrame:
+    return pl.DataFrame([{"run": run_label(r), "vs": run_label(star), "metric": m, "users": c.users, "value": c.value,
+                          "alpha_star": c.other, "diff": c.diff, "diff_lo": c.diff_lo, "diff_hi": c.diff_hi,
+                          "lift": c.lift, "lift_lo": c.lift_lo, "lift_hi": c.lift_hi}
+                         for r, by_metric in rows for m, c in by_metric.items()])
 
 
-def _compare(a: Run, b: Run, data: Any, cfg: Config, rng: np.random.Generator, slice_name: str | None = None,
-             metric_names: tuple[str, ...] = ("recall@10",)) -> dict[str, Any]:
-    users = common_users([a, b])
-    if slice_name is not None:
-        users = users[user_slices(users, data) == slice_name]
-    out: dict[str, Any] = {"users": int(len(users))}
-    if not len(users):
-        return out
-    cols = [on_users(r, users, m) for m in metric_names for r in (a, b)]
-    samples = gates.bootstrap_means(np.column_stack(cols), cfg.evaluate.bootstrap_samples, rng)
-    for i, m in enumerate(metric_names):
-        va, vb = cols[2 * i], cols[2 * i + 1]
-        res = gates.interval(va.mean(), vb.mean(), samples[:, 2 * i], samples[:, 2 * i + 1])
-        out[m] = {"value": float(va.mean()), "other": float(vb.mean()), "diff": res.diff,
-                  "diff_ci": [res.diff_lo, res.diff_hi], "lift": res.rel, "lift_ci": [res.rel_lo, res.rel_hi]}
+def gate_json(g: Gate) -> dict[str, Any]:
+    out: dict[str, Any] = {"verdict": g.verdict, "users": g.scope}
+    if g.run is not None:
+        out["run"] = run_label(g.run)
+    if g.against is not None:
+        out["against"] = run_label(g.against)
+    out |= {m: c.to_json() for m, c in g.comparisons.items()}
+    if g.per_slice:
+        out["per_slice"] = {s: {"verdict": v, **c.to_json()} for s, (v, c) in g.per_slice.items()}
+    if g.reason:
+        out["reason"] = g.reason
     return out
 
 
-def acceptance_gates(runs: list[Run], sel: dict[str, Any], data: Any, cfg: Config,
-                     rng: np.random.Generator) -> dict[str, Any]:
-    """Gate 1 and gate 2 on test, for the runs chosen on validation (see recopt.gates)."""
-    star = next((r for r in runs if r.chosen == "alpha* (validation)"), None)
-    base = next((r for r in runs if r.name == sel["baseline"]["chosen"]), None)
-    if star is None or base is None:
-        return {"evaluated": False, "reason": "no alpha* or no baseline chosen on validation"}
-    g1 = _compare(star, base, data, cfg, rng, metric_names=("recall@10", "map@10", "ndcg@10"))
-    r10 = g1["recall@10"]
-    g1 |= {"run": star.name, "baseline": base.name, "required_lift": cfg.evaluate.gate_min_lift,
-           "verdict": gates.gate1_verdict(r10["lift"], r10["lift_ci"][0], cfg.evaluate.gate_min_lift)}
-    comparator = next((r for r in runs if r.name == sel.get("cold_comparator")), None)
-    if comparator is None:
-        g2: dict[str, Any] = {"verdict": "NOT EVALUATED", "reason": "no content_only or popularity baseline"}
-    else:
-        g2 = _compare(star, comparator, data, cfg, rng, slice_name="cold")
-        if g2["users"] == 0:
-            g2 |= {"verdict": "NOT EVALUATED", "reason": "no cold-start user in the test fold"}
-        else:
-            g2 |= {"verdict": gates.gate2_verdict(g2["recall@10"]["diff"], g2["recall@10"]["diff_ci"][1])}
-        g2 |= {"run": star.name, "comparator": comparator.name}
-    verdicts = [g1["verdict"], g2["verdict"]]
-    return {"evaluated": True, "gate1": g1, "gate2": g2,
-            "passed": gates.enforce(verdicts, cfg.evaluate.enforce_inconclusive)}
+def gates_json(gates: Gates, min_lift: float) -> dict[str, Any]:
+    return {"gate1": gate_json(gates.gate1) | {"required_lift": min_lift}, "gate2": gate_json(gates.gate2),
+            "passed": gates.passed}
 
 
 def to_markdown(df: pl.DataFrame, digits: int = 4) -> str:
@@ -125,39 +86,137 @@ def to_markdown(df: pl.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def console_table(table: pl.DataFrame, best: str | None, width: int = 34) -> str:
-    """A compact plain-text table: runs x Recall@10 / MAP@10 / NDCG@10 / coverage / novelty, best marked."""
-    head = f"  {'run':<{width}} " + " ".join(f"{c:>11}" for c in CONSOLE)
+def console_table(runs: list[Run], star: Run | None, width: int = 44) -> str:
+    """A compact plain-text table: runs x the console metrics, the chosen run marked. Cold-rule rows: the
+    chosen one and the best few others (the rest are in the report)."""
+    cols = metrics.shown_in(metrics.CONSOLE)
+    head = f"  {'run':<{width}} " + " ".join(f"{c:>11}" for c in cols)
     lines = [head, "  " + "-" * (len(head) - 2)]
-    for row in table.iter_rows(named=True):
-        name = row["run"] if len(row["run"]) <= width else row["run"][:width - 1] + "…"
-        mark = "*" if row["run"] == best else " "
-        lines.append(f"{mark} {name:<{width}} " + " ".join(f"{row[c]:>11.4f}" for c in CONSOLE))
+    cold = [r for r in runs if r.role in COLD_ROLES]
+    shown = sorted(cold, key=lambda r: (r.role != Role.COLD_CHOSEN, r.role != Role.COLD_SEED, -r.summary["recall@10"]))
+    keep = {id(r) for r in shown[:CONSOLE_COLD_ROWS + 1]}
+    for r in runs:
+        if r.role in COLD_ROLES and id(r) not in keep:
+            continue
+        name = run_label(r)
+        name = name if len(name) <= width else name[:width - 1] + "…"
+        mark = "*" if r is star else " "
+        lines.append(f"{mark} {name:<{width}} " + " ".join(f"{r.summary.get(c, float('nan')):>11.4f}" for c in cols))
+    if len(cold) > len(keep):
+        lines.append(f"  ({len(cold) - len(keep)} more cold-start rules in the report and runs.csv)")
     return "\n".join(lines)
 
 
-def gate_lines(g: dict[str, Any]) -> list[str]:
-    """The two gate verdicts as sentences."""
-    if not g.get("evaluated"):
-        return [f"Gates not evaluated: {g.get('reason')}"]
-    g1, g2 = g["gate1"], g["gate2"]
-    r = g1["recall@10"]
-    lines = [f"Gate 1 {g1['verdict']}: {g1['run']} vs {g1['baseline']} on test Recall@10 over {g1['users']} users: "
-             f"{r['value']:.4f} vs {r['other']:.4f}, lift {r['lift']:+.2%} (95% CI {r['lift_ci'][0]:+.2%} .. "
-             f"{r['lift_ci'][1]:+.2%}), required {g1['required_lift']:+.0%} with the interval above 0."]
-    if "recall@10" in g2:
-        c = g2["recall@10"]
-        lines.append(f"Gate 2 {g2['verdict']}: cold-start users ({g2['users']}), served ranking vs "
-                     f"{g2['comparator']}: {c['value']:.4f} vs {c['other']:.4f}, difference {c['diff']:+.4f} "
-                     f"(95% CI {c['diff_ci'][0]:+.4f} .. {c['diff_ci'][1]:+.4f}).")
+def _ci(c: Comparison, rel: bool) -> str:
+    if rel:
+        return f"{c.lift:+.2%} (95% CI {c.lift_lo:+.2%} .. {c.lift_hi:+.2%})"
+    return f"{c.diff:+.4f} (95% CI {c.diff_lo:+.4f} .. {c.diff_hi:+.4f})"
+
+
+def gate_lines(gates: Gates, min_lift: float) -> list[str]:
+    """The two gate verdicts as sentences, each saying which users it covers; gate 1 per slice."""
+    g1, g2 = gates.gate1, gates.gate2
+    lines = []
+    if "recall@10" in g1.comparisons:
+        r = g1.comparisons["recall@10"]
+        lines.append(f"Gate 1 {g1.verdict}: {run_label(g1.run)} vs {run_label(g1.against)} (best baseline on "
+                     f"validation) on test Recall@10, {g1.scope}: {r.value:.4f} vs {r.other:.4f}, lift "
+                     f"{_ci(r, True)}; required {min_lift:+.0%} with the interval above 0.")
+        lines += [f"  {name} slice ({c.users} users): {c.value:.4f} vs {c.other:.4f}, lift {_ci(c, True)} -> {v}"
+                  for name, (v, c) in g1.per_slice.items()]
     else:
-        lines.append(f"Gate 2 {g2['verdict']}: {g2.get('reason')}")
+        lines.append(f"Gate 1 {g1.verdict}: {g1.reason}")
+    if "recall@10" in g2.comparisons:
+        c = g2.comparisons["recall@10"]
+        lines.append(f"Gate 2 {g2.verdict}: {g2.scope}, the served cold rule vs {run_label(g2.against)}: "
+                     f"{c.value:.4f} vs {c.other:.4f}, difference {_ci(c, False)}.")
+    else:
+        lines.append(f"Gate 2 {g2.verdict}: {g2.reason}")
     return lines
+
+
+def stability_line(sel: Selection) -> str:
+    st = sel.stability
+    base = dict(st.baseline).get(sel.baseline, 0.0)
+    cold = dict(st.cold).get(sel.cold, 0.0)
+    return (f"Stability over {st.samples} resamples of the validation users: alpha*={sel.alpha.chosen!r} wins "
+            f"{sel.alpha_star_share:.0%} (90% of the winners in {st.alpha_range[0]!r} .. {st.alpha_range[1]!r}); "
+            f"best baseline {sel.baseline} wins {base:.0%}; the cold rule wins {cold:.0%}.")
+
+
+def warnings(sel: Selection) -> list[str]:
+    """What a reader must not miss: alpha* still at an edge, an unstable choice."""
+    out = []
+    a = sel.alpha
+    if a.edge is not None:
+        out.append(f"alpha*={a.chosen!r} is still at the {a.edge} edge of the {len(a.tried)} alphas tried after "
+                   f"adding {len(a.added)} (evaluate.alpha_search_points={a.limit}): raise it or widen evaluate.alphas.")
+    for what, share in (("alpha*", sel.alpha_star_share), (f"best baseline {sel.baseline}",
+                                                            dict(sel.stability.baseline).get(sel.baseline, 0.0)),
+                        ("the cold rule", dict(sel.stability.cold).get(sel.cold, 0.0))):
+        if share < 0.5:
+            out.append(f"{what} wins only {share:.0%} of the resampled validation sets: the choice is not stable.")
+    return out
+
+
+def selection_lines(sel: Selection) -> list[str]:
+    a = sel.alpha
+    lines = [f"- alpha* = {a.chosen!r} ({sel.rule}), over {len(a.tried)} alphas: the grid {list(a.grid)}"
+             + (f" and {list(a.added)} added by the search (evaluate.alpha_search_points={a.limit})." if a.added
+                else " (alpha* interior: no search needed)." if a.edge is None else ".")]
+    lines.append("- adaptive alpha per slice: " + ", ".join(
+        f"{s} = {v!r}" if v is not None else f"{s}: no user with a factor from the fit" for s, v in sel.adaptive.items()))
+    lines.append(f"- cold start ({sel.cold_users} users without a factor from the fit): {sel.cold.label}.")
+    lines.append(f"- best baseline: {sel.baseline}; cold-slice comparator: {sel.cold_comparator}.")
+    for name, ref in sel.references.items():
+        extra = (f"; EASE covers the {ref.items_covered} most interacted items only (evaluate.ease_max_items)"
+                 if ref.items_covered is not None else "")
+        lines.append(f"- reference {part_label(ref.part)}, chosen on {ref.users} validation users{extra}.")
+    lines.append(f"- {stability_line(sel)}")
+    return lines + [f"- **{w}**" for w in warnings(sel)]
+
+
+def cold_table(runs: list[Run], data: Any) -> pl.DataFrame:
+    """The cold slice: the served rule (alpha*'s run there) next to every baseline and reference."""
+    rows = []
+    for r in runs:
+        if r.role in (Role.ALPHA_STAR, Role.BASELINE_BEST, Role.BASELINE, Role.REFERENCE_CHOSEN, Role.COLD_SEED):
+            s = next(row for row in slice_summaries(r, data) if row["slice"] == "cold")
+            rows.append({"run": run_label(r), "users": s["users"], "fallback_users": round(s["fallback"] * s["users"]),
+                         **{m: s[m] for m in metrics.shown_in(metrics.SLICE)}})
+    return pl.DataFrame(rows)
+
+
+def report_markdown(fold: str, table: pl.DataFrame, slices: pl.DataFrame, cold: pl.DataFrame, sel: Selection,
+                    gates: Gates | None, intervals: pl.DataFrame | None, skipped: dict[str, int],
+                    min_lift: float) -> str:
+    """The markdown report of one fold (validation: the choices; test: results, intervals, gates)."""
+    heldout = HELDOUT[fold]
+    lines = [f"# recopt evaluation — {fold} fold (scored on {heldout})", "",
+             f"Evaluated users: {int(table['users_eval'].max() or 0)}; skipped: "
+             + ", ".join(f"{k} = {v}" for k, v in skipped.items()) + ".", ""]
+    if fold == "tune":
+        lines += ["Every choice below is made here, on validation; the test fold only reports on it.", ""]
+    lines += ["## Choices (made on validation)", "", *selection_lines(sel), "",
+              f"## Runs on {heldout}", "",
+              "Baselines serve every user: a user cf_only or content_only cannot score (no factor, no content "
+              "profile) gets the popularity list (`fallback_users`).", "",
+              to_markdown(table.drop("users_skipped")), "", "![metrics against alpha](alpha_curve.png)", ""]
+    if gates is not None:
+        lines += ["## Acceptance gates", "", *[f"- {line}" for line in gate_lines(gates, min_lift)], ""]
+    if intervals is not None and intervals.height:
+        lines += ["## Every row against alpha* (paired bootstrap, 95% intervals)", "",
+                  to_markdown(intervals.drop("vs")), ""]
+    lines += ["## The cold slice", "", "The served cold rule (alpha*'s row) against every baseline and reference "
+              "on the users without a factor from the fit.", "", to_markdown(cold), "",
+              "## Slices", "", to_markdown(slices), ""]
+    return "\n".join(lines) + "\n"
 
 
 def plot_alpha_curve(curves: dict[str, pl.DataFrame], baselines: dict[str, float], alpha_star: float | None,
                      path: Path) -> None:
-    """Recall@10 and NDCG@10 against alpha per fold; baselines as horizontal lines; alpha* marked."""
+    """Recall@10, NDCG@10 and coverage@10 against alpha per fold; baselines as horizontal lines; alpha*
+    marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -183,49 +242,3 @@ def plot_alpha_curve(curves: dict[str, pl.DataFrame], baselines: dict[str, float
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
-
-
-def selection_lines(sel: dict[str, Any]) -> list[str]:
-    a = sel["alpha"]
-    lines = [f"- alpha* = {a['chosen']!r} ({sel['rule']})."]
-    if a.get("edge"):
-        lines.append(f"- **alpha* is at the {a['edge']} edge of the grid {a['grid']}**: the best alpha may lie "
-                     "outside it; widen evaluate.alphas or set evaluate.refine=true.")
-    if a.get("refined"):
-        lines.append(f"- refined with {a['refined']} around the first choice.")
-    lines.append("- adaptive alpha per slice: " + ", ".join(
-        f"{s} = {v!r}" if v is not None else f"{s}: no user with a CF factor" for s, v in sel["adaptive"].items()))
-    cs = sel["cold_start"]
-    lines.append(f"- cold start: beta* = {cs['beta']!r}, prior = {cs['prior']}, MMR weight {cs['mmr_lambda']!r} "
-                 f"({cs['users']} users without a CF factor; beta = 0 is content only).")
-    lines.append(f"- best baseline: {sel['baseline']['chosen']}; cold-slice comparator: {sel['cold_comparator']}.")
-    for name, ref in sel["references"].items():
-        param = "lambda" if name == "ease" else "k"
-        extra = (f"; EASE covers the {ref['items_covered']} most interacted items only (evaluate.ease_max_items)"
-                 if "items_covered" in ref else "")
-        lines.append(f"- reference {name}: {param} = {ref[param]!r}, chosen on {ref['users']} validation users{extra}.")
-    return lines
-
-
-def write_report(text_out: Any, fold: str, table: pl.DataFrame, slices: pl.DataFrame, sel: dict[str, Any],
-                 gate_info: dict[str, Any] | None, interval_table: pl.DataFrame | None, skipped: dict[str, int],
-                 notes: list[str]) -> str:
-    """The markdown report of one fold (validation: the choices; test: results, intervals, gates)."""
-    heldout = "validation" if fold == "tune" else "test"
-    lines = [f"# recopt evaluation — {fold} fold (scored on {heldout})", "",
-             f"Evaluated users: {int(table['users_eval'].max() or 0)}; skipped: "
-             + ", ".join(f"{k} = {v}" for k, v in skipped.items()) + ".", *[f"{n}" for n in notes], "",
-             "## Choices (made on validation)", "", *selection_lines(sel), "",
-             f"## Runs on {heldout}", "", to_markdown(table.drop("users_skipped")), "",
-             "![metrics against alpha](alpha_curve.png)", ""]
-    if gate_info is not None:
-        lines += ["## Acceptance gates", "", *[f"- {line}" for line in gate_lines(gate_info)], ""]
-    if interval_table is not None and interval_table.height:
-        lines += ["## Every row against alpha* (paired bootstrap, 95% intervals)", "",
-                  to_markdown(interval_table.drop("vs")), ""]
-    lines += ["## Slices", "", to_markdown(slices), ""]
-    text = "\n".join(lines) + "\n"
-    text_out.text("report", text)
-    return text
-
-

@@ -129,38 +129,14 @@ def normalise_pool(rows: NDArray[np.int32], items: NDArray[np.int32], collab: ND
                       cold=np.repeat(~has_collab, lengths))
 
 
-def served_scores(n: Normalised, alpha: float, beta: float, prior: NDArray[np.float32],
+def served_scores(n: Normalised, alpha: float | None, beta: float, prior: NDArray[np.float32],
                   cfg: RerankConfig) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """(hybrid, final) of every candidate: the alpha blend, or the cold-start rule for users
-    without collab. `prior` is the catalog-level prior (:func:`prior_signal`)."""
-    hybrid = blend(n.content, n.collab, alpha)
-    if n.cold.any():
+    """(hybrid, final) of every candidate: the alpha blend, or the cold-start rule (`beta`, `prior`)
+    for users without collab -- and for every user when `alpha` is None (the content/prior rule
+    applied whatever collab a user has). `prior` is the catalog-level prior (:func:`prior_signal`)."""
+    cold = n.cold if alpha is not None else np.ones(len(n.rows), dtype=bool)
+    hybrid = blend(n.content, n.collab, alpha) if alpha is not None else np.zeros(len(n.rows), np.float32)
+    if cold.any():
         prior_n = minmax_per_user(prior[n.items], n.starts)
-        hybrid = np.where(n.cold, cold_blend(n.content, prior_n, beta), hybrid).astype(np.float32)
+        hybrid = np.where(cold, cold_blend(n.content, prior_n, beta), hybrid).astype(np.float32)
     return hybrid, final_scores(hybrid, n.quality, n.recency, n.provider, cfg)
-
-
-@dataclass(frozen=True)
-class ScoredPool:
-    """Every score of every (user, candidate) pair, flat and grouped by user."""
-
-    rows: NDArray[np.int32]
-    items: NDArray[np.int32]
-    collab: NDArray[np.float32]     # normalised, NaN = missing
-    content: NDArray[np.float32]    # normalised, NaN = missing
-    hybrid: NDArray[np.float32]
-    quality: NDArray[np.float32]
-    recency: NDArray[np.float32]
-    provider: NDArray[np.float32]
-    final: NDArray[np.float32]
-
-
-def score_pool(rows: NDArray[np.int32], items: NDArray[np.int32], collab: NDArray[np.float32],
-               content: NDArray[np.float32], provider: NDArray[np.float32], item_quality: NDArray[np.float32],
-               item_recency: NDArray[np.float32], prior: NDArray[np.float32], alpha: float,
-               cfg: RerankConfig) -> ScoredPool:
-    """Normalise per user, blend with `alpha` (cold users: rerank.cold_beta), add the signals."""
-    n = normalise_pool(rows, items, collab, content, provider, item_quality, item_recency, cfg.missing_collab)
-    hybrid, final = served_scores(n, alpha, cfg.cold_beta, prior, cfg)
-    return ScoredPool(rows=rows, items=items, collab=n.collab, content=n.content, hybrid=hybrid,
-                      quality=n.quality, recency=n.recency, provider=provider, final=final)

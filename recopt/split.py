@@ -36,12 +36,10 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from recopt.artifacts import HELDOUT, open_artifact, output
-from recopt.config import Config, ConfigError, SplitConfig
+from recopt.artifacts import open_artifact, output
+from recopt.config import HELDOUT, Config, ConfigError, SplitConfig
 from recopt.rng import stage_rng
 from recopt.runlog import timed
-
-SLICES = ("cold", "warm", "heavy")
 
 
 def split_ratings(ratings: pl.DataFrame, cfg: SplitConfig, relevance_threshold: float,

@@ -1,15 +1,16 @@
-"""The evaluate stage: the tune fold makes every choice, the test fold reports on it.
+"""The evaluate stage's study: the tune fold makes every choice, the test fold reports on it.
 
-* ``evaluate@tune`` (validation): the alpha grid (``evaluate.alphas`` plus ``alpha``),
-  alpha = 0 and 1 through the full re-rank, the cold-start grid (``cold_betas`` x
-  ``cold_priors``), the baselines and the reference grids, in one pass. It chooses
-  alpha*, one alpha per slice (adaptive), beta* and the prior, the best baseline, the
-  stronger cold-start comparator and each reference's setting (recopt.runs.choose),
-  adds ``refine`` points around alpha* when asked, and writes ``selection.json``.
-* ``evaluate@test``: reads that selection -- nothing is chosen on test -- and evaluates
-  the grid (for information), alpha*, adaptive alpha, both endpoints, the baselines and
-  the chosen references on test, with paired-bootstrap intervals against alpha* and
-  the gates (recopt.gates).
+* ``evaluate@tune`` (validation): the alpha grid (``evaluate.alphas`` plus ``alpha``), both
+  endpoints, the cold-start grid (content/prior rules ``cold_betas`` x ``cold_priors`` and
+  the fold-in hybrid at each grid alpha, each at every ``cold_mmr_lambdas``), the
+  baselines and the reference grids, in one pass. It chooses the cold rule, then alpha*
+  (searching past an inner edge of the grid, recopt.selection.next_alphas), one alpha per
+  slice, the best baseline, the cold-slice comparator and each reference's setting, and
+  measures how stable each choice is over resampled validation users.
+* ``evaluate@test``: reads that selection -- nothing is chosen on test -- and evaluates every
+  alpha tried on validation (information), alpha*, adaptive alpha, both endpoints, the cold
+  rule and the seed's rule, the baselines and the chosen references, then compares them
+  (recopt.comparisons: intervals against alpha*, the gates).
 
 A pass that hits ``evaluate.time_limit_total_s`` is partial: its checkpoints are kept
 and the stage stops with an error saying so (re-running resumes), because a choice or
@@ -19,42 +20,76 @@ a gate on part of the users is not the study's answer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
-from recopt.artifacts import open_artifact
-from recopt.config import Config
+import numpy as np
+
+from recopt import comparisons
+from recopt.artifacts import ArtifactError, open_artifact
+from recopt.comparisons import Comparison, Gates
+from recopt.config import SLICES, Config
 from recopt.errors import RecoptError
-from recopt.evaluate import EvalData, PassResult, evaluate_parts, load_eval_data
-from recopt.methods import ALPHA, BASELINE, COLD, REFERENCE, Part
-from recopt.runs import SLICES, Run, choose, edge, join, refine_points, summarise, user_slices
+from recopt.evaluate import EvalData, PartResult, PassResult, evaluate_parts, load_eval_data
+from recopt.gates import enforce
+from recopt.methods import Part, PartKind
+from recopt.rng import stage_rng
+from recopt.runs import Run, common_users, join, summarise, user_slices
+from recopt.selection import (AlphaSearch, ColdRule, ReferenceChoice, Role, Selection, Stability, choose, edge,
+                              next_alphas)
 
 ENDPOINTS = (0.0, 1.0)
+COMPARATORS = ("content_only", "popularity")  # gate 2's candidates, on the cold slice
 
 
 @dataclass
-class FoldResult:
+class FoldOutcome:
+    """Everything a fold's evaluation produced, for recopt.publish to write."""
+
     fold: str
     data: EvalData
     passes: list[PassResult]
     runs: list[Run]
-    selection: dict[str, Any]
+    selection: Selection
     started: float
     finished: float
+    gates: Gates | None = None
+    intervals: list[tuple[Run, dict[str, Comparison]]] = field(default_factory=list)
+
+    def find(self, *roles: Role) -> list[Run]:
+        return [r for r in self.runs if r.role in roles]
+
+    @property
+    def star(self) -> Run:
+        return self.find(Role.ALPHA_STAR)[0]
+
+    @property
+    def checkpoints(self) -> dict[Part, object]:
+        return {part: path for p in self.passes for part, path in p.checkpoints.items()}
 
 
 def grid(cfg: Config) -> list[float]:
+    """The user's alpha grid: evaluate.alphas with `alpha`."""
     return sorted(set(cfg.evaluate.alphas) | {cfg.alpha})
+
+
+def cold_parts(cfg: Config) -> tuple[list[Part], list[Part]]:
+    """The cold-start grid: content/prior rules and fold-in hybrids, each at every cold MMR weight."""
+    v = cfg.evaluate
+    rules = [Part(PartKind.COLD, b, prior, lam) for lam in v.cold_mmr_lambdas for b in sorted(v.cold_betas)
+             for prior in (v.cold_priors[:1] if b == 0 else v.cold_priors)]  # beta = 0 ignores the prior
+    foldin = [Part(PartKind.FOLDIN, a, mmr=lam) for lam in v.cold_mmr_lambdas
+              for a in sorted(set(grid(cfg)) | set(ENDPOINTS))]
+    return rules, foldin
 
 
 def tune_parts(cfg: Config) -> tuple[Part, ...]:
     v = cfg.evaluate
-    alphas = sorted(set(grid(cfg)) | set(ENDPOINTS))
-    cold = [Part(COLD, b, prior, lam) for lam in v.cold_mmr_lambdas for b in sorted(v.cold_betas)
-            for prior in (v.cold_priors[:1] if b == 0 else v.cold_priors)]  # beta = 0 ignores the prior
-    refs = [Part(REFERENCE, lam, "ease", sampled=True) for lam in v.ease_lambdas if "ease" in v.references]
-    refs += [Part(REFERENCE, float(k), "itemknn", sampled=True) for k in v.knn_ks if "itemknn" in v.references]
-    return (*[Part(ALPHA, a) for a in alphas], *cold, *[Part(BASELINE, method=b) for b in v.baselines], *refs)
+    rules, foldin = cold_parts(cfg)
+    refs = [Part(PartKind.REFERENCE, lam, "ease", sampled=True) for lam in v.ease_lambdas if "ease" in v.references]
+    refs += [Part(PartKind.REFERENCE, float(k), "itemknn", sampled=True) for k in v.knn_ks
+             if "itemknn" in v.references]
+    return (*[Part(PartKind.ALPHA, a) for a in sorted(set(grid(cfg)) | set(ENDPOINTS))], *rules, *foldin,
+            *[Part(PartKind.BASELINE, method=b) for b in v.baselines], *refs)
 
 
 def _pass(cfg: Config, data: EvalData, parts: tuple[Part, ...], deadline: float, what: str) -> PassResult:
@@ -68,187 +103,201 @@ def _pass(cfg: Config, data: EvalData, parts: tuple[Part, ...], deadline: float,
     return result
 
 
-def cold_part(sel: dict[str, Any]) -> Part:
-    """The cold-start part chosen on validation."""
-    cs = sel["cold_start"]
-    return Part(COLD, float(cs["beta"]), cs["prior"], cs["mmr_lambda"])
+def served(role: Role, data: EvalData, parts: dict[Part, PartResult], alpha: float, cold: ColdRule) -> Run:
+    """The served ranking at `alpha`: its alpha part for users with a factor from the fit, the cold
+    rule for the others."""
+    return join(role, [(parts[Part(PartKind.ALPHA, alpha)], None), *[(parts[p], None) for p in cold.parts]], data)
 
 
-def alpha_run(data: EvalData, parts: dict[str, Any], alpha: float, cold: Any, kind: str = ALPHA) -> Run:
-    """The served ranking at `alpha`: its alpha part for users with a factor, `cold` for the others."""
-    name = f"alpha={alpha!r}" if kind == ALPHA else f"alpha={alpha!r} (full re-rank)"
-    return join(name, kind, [(parts[Part(ALPHA, alpha).name], None), (cold, None)], data, alpha=alpha)
+def single(role: Role, data: EvalData, parts: dict[Part, PartResult], part: Part) -> Run:
+    return join(role, [(parts[part], None)], data)
 
 
-def adaptive_run(data: EvalData, parts: dict[str, Any], per_slice: dict[str, float | None], cold: Any) -> Run:
-    pieces = [(parts[Part(ALPHA, a).name], name) for name, a in per_slice.items() if a is not None]
-    pieces.append((cold, None))
-    label = ", ".join(f"{s}={a!r}" for s, a in per_slice.items() if a is not None)
-    return join(f"adaptive ({label})", "adaptive", pieces, data)
+def _cold_choice(data: EvalData, parts: dict[Part, PartResult], rules: list[Part],
+                 foldin: list[Part]) -> tuple[ColdRule, list[tuple[ColdRule, Run]]]:
+    """The cold rule: the best content/prior rule, then every fold-in hybrid falling back to it for users
+    without a folded-in factor; the best of all on the cold slice (content/prior rules listed first)."""
+    plain = [(ColdRule((p,)), single(Role.COLD_GRID, data, parts, p)) for p in rules]
+    base = choose([(rule, run.summary, True) for rule, run in plain]) or plain[0][0]
+    hybrid = [ColdRule((f, *base.parts)) for f in foldin]
+    candidates = plain + [(rule, join(Role.COLD_GRID, [(parts[p], None) for p in rule.parts], data))
+                          for rule in hybrid]
+    chosen = choose([(rule, run.summary, True) for rule, run in candidates]) or candidates[0][0]
+    return chosen, candidates
 
 
-def single_runs(data: EvalData, parts: dict[str, Any], kinds: tuple[str, ...]) -> list[Run]:
-    return [join(p.part.name, p.part.kind, [(p, None)], data) for p in parts.values() if p.part.kind in kinds]
-
-
-def _select(cfg: Config, data: EvalData, parts: dict[str, Any], alphas: list[float]) -> dict[str, Any]:
-    """Every choice, on validation, with the values behind it."""
-    cold_parts = [p for p in parts.values() if p.part.kind == COLD]
-    cold_runs = [join(p.part.name, COLD, [(p, None)], data) for p in cold_parts]
-    # no user without a CF factor: nothing to choose, the seed's beta = 0 is kept
-    best_cold = choose([(r, r.summary, True) for r in cold_runs]) if any(len(r.users) for r in cold_runs) \
-        else cold_runs[0]
-    chosen_part = cold_parts[cold_runs.index(best_cold)].part
-    cold = parts[chosen_part.name]
-    runs = {a: alpha_run(data, parts, a, cold) for a in alphas}
-    alpha_star = choose([(a, r.summary, r.complete) for a, r in runs.items()])
+def _adaptive(data: EvalData, parts: dict[Part, PartResult], alphas: list[float]) -> dict[str, float | None]:
+    """One alpha per slice, chosen on that slice's users with a factor from the fit."""
     per_slice: dict[str, float | None] = {}
     for name in SLICES:
         stats = []
         for a in alphas:
-            part = join(f"alpha={a!r}", ALPHA, [(parts[Part(ALPHA, a).name], name)], data)
-            if len(part.users):
-                stats.append((a, part.summary, True))
+            run = join(Role.GRID, [(parts[Part(PartKind.ALPHA, a)], name)], data)
+            if len(run.users):
+                stats.append((a, run.summary, True))
         per_slice[name] = choose(stats) if stats else None
-    base = {r.name: r for r in single_runs(data, parts, (BASELINE,))}
-    best_base = choose([(n, r.summary, True) for n, r in base.items()])
-    cold_users = {n: r for n, r in base.items() if n in ("baseline=content_only", "baseline=popularity")}
-    comparator = None
-    if cold_users:
-        stats = []
-        for n, r in cold_users.items():
-            mask = user_slices(r.users, data) == "cold"
-            if mask.any():
-                stats.append((n, summarise(r, data, mask), True))
-        comparator = choose(stats) if stats else None
-    refs: dict[str, Any] = {}
-    for method, param in (("ease", "lambda"), ("itemknn", "k")):
-        cands = [(p.part.value, join(p.part.name, REFERENCE, [(p, None)], data)) for p in parts.values()
-                 if p.part.kind == REFERENCE and p.part.method == method]
-        if cands:
-            chosen = choose([(val, r.summary, True) for val, r in cands])
-            refs[method] = {param: chosen if method == "ease" else int(chosen),
-                            "users": int(cands[0][1].summary["users_eval"]),
-                            "recall@10": {repr(val): r.summary["recall@10"] for val, r in cands}}
-            if method == "ease":
-                covered = min(cfg.evaluate.ease_max_items, int((data.items["popularity"] > 0).sum()))
-                refs[method]["items_covered"] = covered
-    return {
-        "rule": "argmax of validation recall@10; ties: higher ndcg@10, then the first listed (smallest value)",
-        "alpha": {"chosen": alpha_star, "grid": alphas, "edge": edge(alphas, alpha_star) if alpha_star is not None
-                  else None, "recall@10": {repr(a): r.summary["recall@10"] for a, r in runs.items()}},
-        "adaptive": per_slice,
-        "cold_start": {"beta": chosen_part.value, "prior": chosen_part.method, "mmr_lambda": chosen_part.mmr,
-                       "users": int(len(best_cold.users)) if best_cold is not None else 0,
-                       "recall@10": {r.name: r.summary["recall@10"] for r in cold_runs}},
-        "baseline": {"chosen": best_base, "recall@10": {n: r.summary["recall@10"] for n, r in base.items()}},
-        "cold_comparator": comparator,
-        "references": refs,
-    }
+    return per_slice
 
 
-def run_tune(cfg: Config) -> FoldResult:
+def adaptive_run(data: EvalData, parts: dict[Part, PartResult], per_slice: dict[str, float | None],
+                 cold: ColdRule) -> Run:
+    pieces = [(parts[Part(PartKind.ALPHA, a)], name) for name, a in per_slice.items() if a is not None]
+    return join(Role.ADAPTIVE, [*pieces, *[(parts[p], None) for p in cold.parts]], data)
+
+
+def _references(cfg: Config, data: EvalData, parts: dict[Part, PartResult]) -> dict[str, ReferenceChoice]:
+    out = {}
+    for method in cfg.evaluate.references:
+        cands = [(p, single(Role.REFERENCE_GRID, data, parts, p)) for p in parts
+                 if p.kind == PartKind.REFERENCE and p.method == method]
+        if not cands:
+            continue
+        best = choose([(p, r.summary, True) for p, r in cands])
+        covered = min(cfg.evaluate.ease_max_items, int((data.items["popularity"] > 0).sum())) \
+            if method == "ease" else None
+        out[method] = ReferenceChoice(part=Part(PartKind.REFERENCE, best.value, method),
+                                      users=int(cands[0][1].summary["users_eval"]),
+                                      recall={float(p.value or 0): r.summary["recall@10"] for p, r in cands},
+                                      items_covered=covered)
+    return out
+
+
+def _stability(cfg: Config, alpha_runs: dict[float, Run], base_runs: dict[str, Run],
+               cold: list[tuple[ColdRule, Run]]) -> Stability:
+    n = cfg.evaluate.bootstrap_samples
+    rng = stage_rng(cfg.seed, "evaluate/stability")
+    alphas = sorted(alpha_runs)
+    a_shares, won = comparisons.stability([(a, alpha_runs[a]) for a in alphas],
+                                          common_users(list(alpha_runs.values())), n, rng)
+    values = np.asarray(alphas)[won] if len(won) else np.zeros(1)
+    b_shares, _ = comparisons.stability(list(base_runs.items()), common_users(list(base_runs.values())), n, rng)
+    c_shares, _ = comparisons.stability(cold, common_users([r for _, r in cold]), n, rng)
+    return Stability(samples=n, alpha=tuple(a_shares),
+                     alpha_range=(float(np.quantile(values, 0.05, method="lower")),
+                                  float(np.quantile(values, 0.95, method="higher"))),
+                     baseline=tuple(b_shares), cold=tuple(c_shares))
+
+
+def run_tune(cfg: Config) -> FoldOutcome:
     """Evaluate everything on validation and make every choice."""
     started = time.time()
     deadline = time.perf_counter() + cfg.evaluate.time_limit_total_s
     data = load_eval_data(cfg, "tune", reader="evaluate@tune")
-    parts = tune_parts(cfg)
-    first = _pass(cfg, data, parts, deadline, "grid")
-    all_parts = dict(first.parts)
-    alphas = grid(cfg)
-    selection = _select(cfg, data, all_parts, alphas)
-    passes = [first]
-    if cfg.evaluate.refine and selection["alpha"]["chosen"] is not None:
-        extra = [a for a in refine_points(alphas, selection["alpha"]["chosen"]) if Part(ALPHA, a).name not in all_parts]
-        if extra:
-            second = _pass(cfg, data, tuple(Part(ALPHA, a) for a in extra), deadline, "refine")
-            passes.append(second)
-            all_parts |= second.parts
-            alphas = sorted(alphas + extra)
-            selection = _select(cfg, data, all_parts, alphas)
-            selection["alpha"]["refined"] = extra
-    cold = all_parts[cold_part(selection).name]
-    runs = [alpha_run(data, all_parts, a, cold) for a in alphas]
-    runs += [alpha_run(data, all_parts, a, cold, kind="endpoint") for a in ENDPOINTS]
-    runs += [join(p.part.name, COLD, [(p, None)], data) for p in all_parts.values() if p.part.kind == COLD]
-    runs += single_runs(data, all_parts, (BASELINE, REFERENCE))
-    _mark(runs, selection)
-    return FoldResult("tune", data, passes, runs, selection, started, time.time())
+    passes = [_pass(cfg, data, tune_parts(cfg), deadline, "grid")]
+    parts = dict(passes[0].parts)
+    rules, foldin = cold_parts(cfg)
+    cold, cold_candidates = _cold_choice(data, parts, rules, foldin)
+
+    user_grid = grid(cfg)
+    tried = list(user_grid)
+    alpha_runs = {a: served(Role.GRID, data, parts, a, cold) for a in tried}
+    chosen = choose([(a, alpha_runs[a].summary, True) for a in tried])
+    added: list[float] = []
+    limit = cfg.evaluate.alpha_search_points
+    while points := next_alphas(tried, chosen, user_grid, limit - len(added)):
+        new = tuple(Part(PartKind.ALPHA, a) for a in points if Part(PartKind.ALPHA, a) not in parts)
+        if new:
+            passes.append(_pass(cfg, data, new, deadline, f"alpha search {', '.join(map(repr, points))}"))
+            parts |= passes[-1].parts
+        added += points
+        tried = sorted(tried + points)
+        alpha_runs |= {a: served(Role.SEARCH, data, parts, a, cold) for a in points}
+        chosen = choose([(a, alpha_runs[a].summary, True) for a in tried])
+
+    base_runs = {b: single(Role.BASELINE, data, parts, Part(PartKind.BASELINE, method=b))
+                 for b in cfg.evaluate.baselines}
+    best_base = choose([(b, r.summary, True) for b, r in base_runs.items()])
+    cold_slice = {b: summarise(r, data, user_slices(r.users, data) == "cold") for b, r in base_runs.items()
+                  if b in COMPARATORS}
+    comparator = choose([(b, s, True) for b, s in cold_slice.items() if s["users_eval"] > 0])
+    selection = Selection(
+        alpha=AlphaSearch(chosen=chosen, grid=tuple(user_grid), tried=tuple(tried), added=tuple(added),
+                          recall={a: alpha_runs[a].summary["recall@10"] for a in tried}, edge=edge(tried, chosen),
+                          limit=limit),
+        adaptive=_adaptive(data, parts, tried), cold=cold,
+        cold_users=int(len(cold_candidates[0][1].users)),
+        cold_recall=tuple((rule, run.summary["recall@10"]) for rule, run in cold_candidates),
+        baseline=best_base, baseline_recall={b: r.summary["recall@10"] for b, r in base_runs.items()},
+        cold_comparator=comparator, references=_references(cfg, data, parts),
+        stability=_stability(cfg, alpha_runs, base_runs, cold_candidates))
+    runs = _report_runs(data, parts, selection, alpha_runs, base_runs, cold_candidates, seed_rule(cfg))
+    return FoldOutcome("tune", data, passes, runs, selection, started, time.time())
 
 
-def test_parts(cfg: Config, sel: dict[str, Any]) -> tuple[Part, ...]:
-    alphas = sorted(set(grid(cfg)) | set(ENDPOINTS) | {sel["alpha"]["chosen"]}
-                    | {a for a in sel["adaptive"].values() if a is not None})
-    cold = {cold_part(sel), Part(COLD, 0.0, cfg.evaluate.cold_priors[0], cfg.rerank.mmr_lambda)}  # + the seed rule
-    refs = [Part(REFERENCE, float(sel["references"]["ease"]["lambda"]), "ease")] if "ease" in sel["references"] else []
-    refs += [Part(REFERENCE, float(sel["references"]["itemknn"]["k"]), "itemknn")] if "itemknn" in sel["references"] else []
-    return (*[Part(ALPHA, a) for a in alphas], *sorted(cold, key=lambda p: p.value or 0.0),
-            *[Part(BASELINE, method=b) for b in cfg.evaluate.baselines], *refs)
+def _report_runs(data: EvalData, parts: dict[Part, PartResult], sel: Selection, alpha_runs: dict[float, Run],
+                 base_runs: dict[str, Run], cold: list[tuple[ColdRule, Run]], seed: ColdRule) -> list[Run]:
+    """Every row of a fold's table, each with the role that says how it was chosen."""
+    a = sel.alpha
+    runs = [_as(r, Role.ALPHA_STAR if x == a.chosen else Role.SEARCH if x in a.added else Role.GRID)
+            for x, r in sorted(alpha_runs.items())]
+    runs.append(adaptive_run(data, parts, sel.adaptive, sel.cold))
+    runs += [served(Role.ENDPOINT, data, parts, x, sel.cold) for x in ENDPOINTS if x not in alpha_runs]
+    runs += [_as(r, Role.COLD_CHOSEN if rule == sel.cold else Role.COLD_SEED if rule == seed else Role.COLD_GRID)
+             for rule, r in cold]
+    runs += [_as(r, Role.BASELINE_BEST if b == sel.baseline else Role.BASELINE) for b, r in base_runs.items()]
+    chosen_refs = {r.part for r in sel.references.values()}
+    runs += [single(Role.REFERENCE_CHOSEN if _unsampled(p) in chosen_refs else Role.REFERENCE_GRID, data, parts, p)
+             for p in parts if p.kind == PartKind.REFERENCE]
+    return runs
 
 
-def read_selection(cfg: Config) -> dict[str, Any]:
-    tune = open_artifact(cfg.paths, "evaluate", "tune", reader="evaluate@test", config=cfg)
-    sel = tune.json("selection")
-    if sel["alpha"]["chosen"] is None:
-        raise RecoptError(f"evaluate@test: {tune.path('selection')} chose no alpha (no complete validation run) — "
-                          "re-run `dvc repro evaluate@tune`")
-    return sel
+def _as(run: Run, role: Role) -> Run:
+    run.role = role
+    return run
 
 
-def run_test(cfg: Config) -> FoldResult:
-    """Evaluate the validation choices (and, for information, the grid) on test."""
+def _unsampled(p: Part) -> Part:
+    return Part(p.kind, p.value, p.method, p.mmr)
+
+
+def seed_rule(cfg: Config) -> ColdRule:
+    """The seed's cold rule: content only (beta = 0) at the warm users' MMR weight."""
+    return ColdRule((Part(PartKind.COLD, 0.0, cfg.evaluate.cold_priors[0], cfg.rerank.mmr_lambda),))
+
+
+def read_selection(cfg: Config, reader: str, *, ignore: tuple[str, ...] = ()) -> Selection:
+    """evaluate@tune's selection, verified current for `cfg` (keys in `ignore` may differ)."""
+    tune = open_artifact(cfg.paths, "evaluate", "tune", reader=reader, config=cfg, ignore=ignore)
+    try:
+        return Selection.from_json(tune.json("selection"))
+    except (KeyError, ValueError, TypeError) as err:
+        raise ArtifactError(f"{reader}: {tune.path('selection')} is not a selection this version reads ({err}) — "
+                            "re-run `dvc repro evaluate@tune`") from None
+
+
+def test_parts(cfg: Config, sel: Selection) -> tuple[Part, ...]:
+    alphas = sorted(set(grid(cfg)) | set(sel.alpha.tried) | set(ENDPOINTS)
+                    | {a for a in sel.adaptive.values() if a is not None})
+    cold = tuple(dict.fromkeys((*sel.cold.parts, *seed_rule(cfg).parts)))  # the seed's rule, for information
+    refs = tuple(r.part for r in sel.references.values())
+    return (*[Part(PartKind.ALPHA, a) for a in alphas], *cold,
+            *[Part(PartKind.BASELINE, method=b) for b in cfg.evaluate.baselines], *refs)
+
+
+def run_test(cfg: Config) -> FoldOutcome:
+    """Evaluate the validation choices (and, for information, every alpha tried there) on test."""
     started = time.time()
-    sel = read_selection(cfg)
+    sel = read_selection(cfg, "evaluate@test")
     deadline = time.perf_counter() + cfg.evaluate.time_limit_total_s
     data = load_eval_data(cfg, "test", reader="evaluate@test")
     result = _pass(cfg, data, test_parts(cfg, sel), deadline, "report")
     parts = result.parts
-    cold = parts[cold_part(sel).name]
-    alphas = sorted(set(grid(cfg)) | {sel["alpha"]["chosen"]})
-    runs = [alpha_run(data, parts, a, cold) for a in alphas]
-    runs.append(adaptive_run(data, parts, sel["adaptive"], cold))
-    runs += [alpha_run(data, parts, a, cold, kind="endpoint") for a in ENDPOINTS]
-    runs += [join(p.part.name, COLD, [(p, None)], data) for p in parts.values() if p.part.kind == COLD]
-    runs += single_runs(data, parts, (BASELINE, REFERENCE))
-    _mark(runs, sel)
-    return FoldResult("test", data, [result], runs, sel, started, time.time())
-
-
-def _mark(runs: list[Run], sel: dict[str, Any]) -> None:
-    """Say how each row was chosen (on validation) or that it is information only."""
-    a = sel["alpha"]["chosen"]
-    refs = sel["references"]
-    everyone = max(r.summary["users_eval"] for r in runs)
-    for r in runs:
-        if r.kind == ALPHA:
-            r.chosen = "alpha* (validation)" if r.alpha == a else "grid (information)"
-        elif r.kind == "adaptive":
-            r.chosen = "alpha per slice (validation)"
-        elif r.kind == "endpoint":
-            r.chosen = "endpoint (information)"
-        elif r.kind == COLD:
-            chosen = r.name == cold_part(sel).name
-            r.chosen = "beta* (validation)" if chosen else "cold-start grid (information)"
-        elif r.kind == BASELINE:
-            best = r.name == sel["baseline"]["chosen"]
-            r.chosen = "best baseline (validation)" if best else "baseline"
-        elif r.kind == REFERENCE:
-            method = r.name.split("=", 1)[1].split(":")[0]
-            value = next(iter(refs.get(method, {}).values()), None)
-            if r.name.endswith(f"={value!r}") and value is not None:
-                r.chosen = "reference, setting chosen on validation"
-            else:
-                r.chosen = "reference grid (information)"
-            if r.summary["users_eval"] < everyone:
-                r.chosen += f" (the {int(r.summary['users_eval'])}-user tuning sample)"
-
-
-def find(runs: list[Run], chosen: str) -> Run | None:
-    return next((r for r in runs if r.chosen == chosen), None)
-
-
-def alpha_star(runs: list[Run]) -> Run:
-    run = find(runs, "alpha* (validation)")
-    if run is None:
-        raise RecoptError("no alpha* run: the selection chose no alpha")
-    return run
+    alphas = sorted(set(grid(cfg)) | set(sel.alpha.tried))
+    alpha_runs = {a: served(Role.GRID, data, parts, a, sel.cold) for a in alphas}
+    base_runs = {b: single(Role.BASELINE, data, parts, Part(PartKind.BASELINE, method=b))
+                 for b in cfg.evaluate.baselines}
+    seed = seed_rule(cfg)
+    cold = [(rule, join(Role.COLD_GRID, [(parts[p], None) for p in rule.parts], data))
+            for rule in dict.fromkeys((sel.cold, seed))]
+    runs = _report_runs(data, parts, sel, alpha_runs, base_runs, cold, seed)
+    outcome = FoldOutcome("test", data, [result], runs, sel, started, time.time())
+    n, rng = cfg.evaluate.bootstrap_samples, stage_rng(cfg.seed, "evaluate/bootstrap")
+    star = outcome.star
+    best = outcome.find(Role.BASELINE_BEST)[0]
+    comparator = base_runs.get(sel.cold_comparator or "")
+    outcome.intervals = comparisons.intervals(star, runs, n, rng)
+    g1 = comparisons.gate1(star, best, data, cfg.evaluate.gate_min_lift, n, rng)
+    g2 = comparisons.gate2(star, comparator, data, n, rng)
+    outcome.gates = Gates(g1, g2, enforce([g1.verdict, g2.verdict], cfg.evaluate.enforce_inconclusive))
+    outcome.finished = time.time()
+    return outcome

@@ -83,8 +83,10 @@ def _take_fold(argv: list[str]) -> tuple[str | None, list[str]]:
     return argv[i + 1], argv[:i] + argv[i + 2:]
 
 
-def guarded(call: Callable[[], Any]) -> Any:
-    """Run `call`, turning user errors into one clean message."""
+def guarded(call: Callable[[], Any], everything: bool = False) -> Any:
+    """Run `call`, turning user errors into one clean message (exit 2); with `everything`, any other
+    exception too (exit 1) -- for work Hydra runs in a callback, whose exceptions it would only warn
+    about while the process exits 0."""
     try:
         return call()
     except RecoptError as err:
@@ -92,15 +94,24 @@ def guarded(call: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        if not everything or os.environ.get("RECOPT_DEBUG"):
+            raise
+        print(f"error: {type(err).__name__}: {err} (a bug or an environment problem; RECOPT_DEBUG=1 shows "
+              "the traceback)", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
-def run(main: Callable[[Config, Invocation], Any], *, hydra_overrides: tuple[str, ...] = ()) -> Any:
+def run(main: Callable[[Config, Invocation], Any], *, usage: str | None = None,
+        hydra_overrides: tuple[str, ...] = ()) -> Any:
     """Run a stage's `main(cfg, invocation)` from the command line.
 
-    `hydra_overrides` are appended to the command line in Hydra mode (e.g. a callback
-    that only this stage registers). In Hydra mode `main`'s return value is the job's
-    return value (what an optimising sweeper maximises).
+    `usage` is printed before Hydra's help on `--help`. `hydra_overrides` are appended to the
+    command line in Hydra mode (e.g. a callback that only this stage registers). In Hydra
+    mode `main`'s return value is the job's return value (what an optimising sweeper maximises).
     """
+    if usage and any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(usage, flush=True)
     fold, argv = _take_fold(sys.argv[1:])
     if argv[:1] == ["--params"]:
         _setup_logging()

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from recopt.artifacts import LAYOUT, MANIFEST, ArtifactError, Stored, dump_json, open_artifact, output
+from recopt.artifacts import ArtifactError, Stored, open_artifact, output
+from recopt.layout import LAYOUT, MANIFEST, dump_json
 from recopt.assembly import (HybridInputs, align_rows, assembly_manifest, load_hybrid_inputs, read_ids,
                              vector_problems)
 from recopt.cf import run_cf_load

@@ -63,7 +63,8 @@ def make_inputs() -> HybridInputs:
     return HybridInputs(item_ids=((np.arange(N_ITEMS) + 1) * 10).astype(np.int32),
                         user_ids=(np.arange(N_USERS) + 1).astype(np.int32),
                         embeddings=emb, mmr=emb.copy(), has_content=has_content, user_factors=user_f,
-                        item_factors=item_f, user_has_cf=user_has_cf, item_has_cf=item_has_cf)
+                        item_factors=item_f, user_has_cf=user_has_cf, user_folded=np.zeros(N_USERS, bool),
+                        item_has_cf=item_has_cf)
 
 
 def make_frames(inputs: HybridInputs, train_rows=TRAIN) -> dict[str, pl.DataFrame]:

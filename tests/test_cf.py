@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 from recopt.artifacts import ArtifactError, Stored, open_artifact
-from recopt.cf import CONFIDENCE, als_factors, fit_als, run_cf_load, training_matrix
+from recopt.cf import CONFIDENCE, als_factors, confidence_matrix, fit_als, fold_in, run_cf_load, training_matrix
 from recopt.config import CFConfig, Config
 from recopt.schemas import DataError
 from tests.conftest import tmp_config
@@ -87,9 +87,10 @@ def test_checkerboard_withheld_item_ranks_first(tmp_path: Path, seed: int):
     # The matrix has rank 2: two factors (as in implicit's own ALS test) cannot memorise the hole
     n = 50
     train, users = checkerboard(n)
-    user_f, item_f, user_ok, item_ok, _ = als_factors(train, users, np.arange(1, n + 1), cf_config(factors=2),
-                                                      seed, split_dir=tmp_path, show_progress=False)
-    assert user_ok.all() and item_ok.all()
+    user_f, item_f, user_ok, folded, item_ok, _ = als_factors(train, users, np.arange(1, n + 1),
+                                                              cf_config(factors=2), seed, split_dir=tmp_path,
+                                                              show_progress=False)
+    assert user_ok.all() and item_ok.all() and not folded.any()
     scores = user_f @ item_f.T
     seen = np.zeros((n, n), dtype=bool)
     seen[train["userId"].to_numpy() - 1, train["movieId"].to_numpy() - 1] = True
@@ -129,13 +130,58 @@ def test_train_ids_outside_the_indexes_are_an_error(tmp_path: Path):
     assert "column 'movieId'" in str(err.value) and "`dvc repro`" in str(err.value)
 
 
+def _least_squares(item_f: np.ndarray, conf: np.ndarray, reg: float) -> np.ndarray:
+    """The ALS user step by brute force: min_x sum_i c_i (p_i - x.y_i)^2 + reg |x|^2 over EVERY item
+    (unrated: confidence 1, preference 0), as one weighted least-squares problem."""
+    c = np.where(conf > 0, conf, 1.0)
+    p = (conf > 0).astype(float)
+    a = np.vstack([np.sqrt(c)[:, None] * item_f, np.sqrt(reg) * np.eye(item_f.shape[1])])
+    b = np.concatenate([np.sqrt(c) * p, np.zeros(item_f.shape[1])])
+    return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
+@pytest.mark.parametrize("reg", [0.05, 2.0])
+def test_fold_in_is_the_regularised_least_squares_solve_against_fixed_item_factors(reg: float):
+    rng = np.random.default_rng(11)
+    item_f = rng.normal(size=(40, 6)).astype(np.float32)
+    ratings = rng.choice([1.0, 2.5, 4.0, 5.0], size=(5, 40)) * (rng.random((5, 40)) < 0.15)
+    ratings[4] = 0.0
+    ratings[4, 7] = 3.0                                  # a user with a single rating
+    user_rows, item_rows = np.nonzero(ratings)
+    cf = cf_config(regularization=reg, confidence_scale=5.0)
+    conf = confidence_matrix(user_rows, item_rows, ratings[user_rows, item_rows], np.ones(5, bool), np.ones(40, bool), cf)
+    got = fold_in(item_f, conf, reg)
+    for u in range(5):
+        want = _least_squares(item_f.astype(np.float64), conf[u].toarray()[0], reg)
+        np.testing.assert_allclose(got[u], want, rtol=1e-4, atol=1e-5)
+    assert fold_in(item_f, conf[:0], reg).shape == (0, 6)
+
+
+def test_a_cold_users_folded_in_factor_ranks_its_own_taste_first(tmp_path: Path):
+    """On the checkerboard, every tenth user is in the cold slice (excluded from the fit, folded in): the folded-in
+    factor ranks every item of the user's own half of the board above every item of the other half."""
+    n = 40
+    train, users = checkerboard(n)
+    users = users.with_columns(slice=pl.Series(["cold" if u % 10 == 0 else "warm" for u in range(1, n + 1)]))
+    user_f, item_f, user_ok, folded, _, _ = als_factors(train, users, np.arange(1, n + 1), cf_config(factors=2),
+                                                        0, split_dir=tmp_path, show_progress=False)
+    cold = (users["slice"] == "cold").to_numpy()
+    np.testing.assert_array_equal(folded, cold)
+    np.testing.assert_array_equal(user_ok, ~cold)
+    liked = np.zeros((n, n), bool)
+    liked[train["userId"].to_numpy() - 1, train["movieId"].to_numpy() - 1] = True
+    scores = user_f @ item_f.T
+    for u in np.flatnonzero(cold):
+        assert scores[u][liked[u]].min() > scores[u][~liked[u] & ((np.arange(n) + u) % 2 == 1)].max()
+
+
 # --- the stage on the tiny preset -----------------------------------------------------------------
 
 @pytest.mark.parametrize("fold", ["tune", "test"])
 def test_run_cf_load_masks_the_folds_cold_users_and_cold_items(tiny: Config, fold: str):
     summary = run_cf_load(tiny, fold)
     art = factors(tiny, fold)
-    arrays = {n: art.npy(n) for n in ("user_factors", "item_factors", "user_has_cf", "item_has_cf",
+    arrays = {n: art.npy(n) for n in ("user_factors", "item_factors", "user_has_cf", "user_folded", "item_has_cf",
                                       "user_ids", "item_ids")}
     split = fold_split(tiny, fold)
     users = split.parquet("users")
@@ -147,16 +193,24 @@ def test_run_cf_load_masks_the_folds_cold_users_and_cold_items(tiny: Config, fol
     assert uf.shape == (users.height, 20) and vf.shape == (len(catalog), 20) and uf.dtype == np.float32
     cold = (users["slice"] == "cold").to_numpy()        # this fold's cold users, not the other fold's
     assert cold.any() and not u_ok[cold].any() and u_ok[~cold].all()
-    assert not uf[~u_ok].any() and not vf[~i_ok].any() and np.abs(vf[i_ok]).sum(axis=1).min() > 0
-    # an item has a factor iff it has >= min_item_ratings ratings in this fold's train from non-cold users
+    # a cold user is folded in iff it has a train rating on an item with a factor; nobody else is
     train = split.parquet("train")
+    rows = np.searchsorted(users["userId"].to_numpy(), train["userId"].to_numpy())
+    on_factor = np.bincount(rows[i_ok[np.searchsorted(catalog, train["movieId"].to_numpy())]],
+                            minlength=users.height) > 0
+    folded = arrays["user_folded"]
+    np.testing.assert_array_equal(folded, cold & on_factor)
+    assert folded.any() and np.abs(uf[folded]).sum(axis=1).min() > 0
+    assert not uf[~u_ok & ~folded].any() and not vf[~i_ok].any() and np.abs(vf[i_ok]).sum(axis=1).min() > 0
+    # an item has a factor iff it has >= min_item_ratings ratings in this fold's train from non-cold users
     warm_ids = users.filter(pl.col("slice") != "cold")["userId"].implode()
     n_ratings = train.filter(pl.col("userId").is_in(warm_ids)).group_by("movieId").len()
     expected = np.isin(catalog, n_ratings.filter(pl.col("len") >= tiny.cf_load.min_item_ratings)["movieId"])
     np.testing.assert_array_equal(i_ok, expected)
     c = summary["counts"]
     assert summary == art.summary
-    assert (c["users_with_factor"], c["items_with_factor"]) == (u_ok.sum(), i_ok.sum())
+    assert (c["users_with_factor"], c["items_with_factor"], c["users_folded_in"]) == (u_ok.sum(), i_ok.sum(),
+                                                                                       folded.sum())
     assert c["train_ratings"] == train.height
     assert summary["catalog_coverage"] == pytest.approx(i_ok.mean(), abs=1e-6)
     assert summary["confidence"] == CONFIDENCE and summary["factors"] == 20 and "random_state" in summary

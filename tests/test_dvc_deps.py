@@ -3,50 +3,17 @@ so `dvc repro` can never keep outputs that a code change made stale."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
+from recopt.closure import closure as import_closure
 from tests.conftest import ROOT
-
-PACKAGES = ("recopt", "stages")
-
-
-def module_file(name: str) -> Path | None:
-    """The project file of a dotted module name (None for third-party modules)."""
-    if name.split(".")[0] not in PACKAGES:
-        return None
-    path = ROOT.joinpath(*name.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imports_of(path: Path) -> set[str]:
-    """Every module a file imports, anywhere in it (lazy imports inside functions included)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from recopt import features`
-    return names
-
 
 def closure(entry: str) -> set[str]:
     """Project files reachable from module `entry` by imports (as repo-relative paths)."""
-    todo, seen = [entry], set()
-    while todo:
-        f = module_file(todo.pop())
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        todo += sorted(imports_of(f))
-    return {str(f.relative_to(ROOT)) for f in seen if f.name != "__init__.py"}
+    return {str(f.relative_to(ROOT)) for f in import_closure(entry)}
 
 
 def stages() -> dict[str, dict]:

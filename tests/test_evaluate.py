@@ -14,12 +14,16 @@ import pytest
 from recopt.config import Config
 from recopt.errors import RecoptError
 from recopt.evaluate import EvalData, evaluate_parts, load_eval_data
-from recopt.methods import ALPHA, BASELINE, COLD, REFERENCE, Part, check_lists
+from recopt.methods import Part, PartKind, check_lists
 from recopt.report import to_markdown
 from recopt.rerank import Ranked
-from recopt.runs import choose, edge, refine_points
+from recopt.selection import next_alphas
 from recopt.study import run_tune
+from stages._entry import Invocation
 from tests.conftest import build_folds, tmp_config
+
+ALPHA, COLD, FOLDIN, BASELINE, REFERENCE = (PartKind.ALPHA, PartKind.COLD, PartKind.FOLDIN, PartKind.BASELINE,
+                                            PartKind.REFERENCE)
 
 
 def _ranked(items, scores=None) -> Ranked:
@@ -80,45 +84,6 @@ def test_run_names_carry_the_exact_value(a, b):
     assert Part(COLD, a, "popularity").name != Part(COLD, b, "popularity").name
 
 
-# --------------------------------------------------------------------------- selection rules
-
-
-def _s(recall: float, ndcg: float = 0.0) -> dict[str, float]:
-    return {"recall@10": recall, "ndcg@10": ndcg}
-
-
-def test_choose_is_the_argmax_of_recall():
-    assert choose([(0.2, _s(0.1), True), (0.5, _s(0.3), True), (0.8, _s(0.2), True)]) == 0.5
-
-
-def test_choose_breaks_ties_by_ndcg_then_by_the_first_listed():
-    assert choose([(0.2, _s(0.3, 0.1), True), (0.5, _s(0.3, 0.4), True), (0.8, _s(0.3, 0.2), True)]) == 0.5
-    assert choose([(0.2, _s(0.3, 0.4), True), (0.5, _s(0.3, 0.4), True)]) == 0.2
-    # a difference below 1e-12 is a tie
-    assert choose([(0.2, _s(0.3 + 1e-14, 0.1), True), (0.5, _s(0.3, 0.4), True)]) == 0.5
-
-
-def test_choose_never_picks_a_partial_run():
-    assert choose([(0.2, _s(0.9), False), (0.5, _s(0.3), True)]) == 0.5
-    assert choose([(0.2, _s(0.9), False)]) is None
-
-
-@pytest.mark.parametrize(("grid", "chosen", "expected"), [
-    ([0.35, 0.5, 0.65], 0.35, "lower"), ([0.35, 0.5, 0.65], 0.65, "upper"), ([0.35, 0.5, 0.65], 0.5, None),
-    ([0.4], 0.4, None)])
-def test_edge_of_the_grid_is_named(grid, chosen, expected):
-    assert edge(grid, chosen) == expected
-
-
-@pytest.mark.parametrize(("grid", "chosen", "expected"), [
-    ([0.35, 0.5, 0.65], 0.5, [0.425, 0.575]),
-    ([0.35, 0.5, 0.65], 0.35, [0.275, 0.425]),   # at the lower edge: half a step outward
-    ([0.0, 0.5, 1.0], 1.0, [0.75]),              # outward is clipped to 1.0, which is in the grid
-])
-def test_refine_points_surround_the_choice(grid, chosen, expected):
-    assert refine_points(grid, chosen) == expected
-
-
 # --------------------------------------------------------------------------- one pass on a tiny pipeline
 
 
@@ -153,7 +118,7 @@ def _assert_same(a, b) -> None:
 
 
 PARTS = (Part(ALPHA, 0.5), Part(COLD, 0.5, "popularity"), Part(BASELINE, method="popularity"),
-         Part(BASELINE, method="cf_only"), Part(REFERENCE, 200.0, "ease"))
+         Part(BASELINE, method="cf_only"), Part(REFERENCE, 200.0, "ease"), Part(FOLDIN, 0.5))
 
 
 def test_one_pass_gives_each_part_what_it_gives_alone(built: Config, tmp_path: Path):
@@ -162,34 +127,37 @@ def test_one_pass_gives_each_part_what_it_gives_alone(built: Config, tmp_path: P
     together = evaluate_parts(cfg, data, PARTS, deadline=None, desc="all")
     for p in PARTS:
         alone = evaluate_parts(cfg, data, (p,), deadline=None, desc=p.name)
-        _assert_same(together.parts[p.name], alone.parts[p.name])
+        _assert_same(together.parts[p], alone.parts[p])
 
 
 def test_parts_serve_the_users_they_are_for(built: Config, tmp_path: Path):
     cfg = _own_checkpoints(built, tmp_path)
     data = load_eval_data(cfg, "test", reader="test")
     r = evaluate_parts(cfg, data, PARTS, deadline=None, desc="all")
-    has_cf = data.users.sort("user")["has_cf"].to_numpy()
     everyone = data.users.sort("user")["user"].to_numpy()
-    assert (~has_cf).any() and has_cf.any()  # both kinds of user exist in the tiny data
-    np.testing.assert_array_equal(r.parts["alpha=0.5"].users, everyone[has_cf])
-    np.testing.assert_array_equal(r.parts["cold:beta=0.5:popularity"].users, everyone[~has_cf])
-    np.testing.assert_array_equal(r.parts["baseline=popularity"].users, everyone)
+    has_cf = data.factors["user_has_cf"][everyone]
+    folded = data.factors["user_folded"][everyone]
+    assert (~has_cf).any() and has_cf.any() and folded.any()  # every kind of user exists in the tiny data
+    assert not (has_cf & folded).any()
+    np.testing.assert_array_equal(r.parts[Part(ALPHA, 0.5)].users, everyone[has_cf])
+    np.testing.assert_array_equal(r.parts[Part(COLD, 0.5, "popularity")].users, everyone[~has_cf])
+    np.testing.assert_array_equal(r.parts[Part(FOLDIN, 0.5)].users, everyone[~has_cf & folded])
+    np.testing.assert_array_equal(r.parts[Part(BASELINE, method="popularity")].users, everyone)
 
 
 def test_resuming_from_checkpoints_gives_identical_results(built: Config, tmp_path: Path):
     cfg = _own_checkpoints(built, tmp_path)
     data = load_eval_data(cfg, "test", reader="test")
     first = evaluate_parts(cfg, data, PARTS, deadline=None, desc="first")
-    files = {name: sorted(d.glob("batch-*.npz")) for name, d in first.checkpoints.items()}
+    files = {part: sorted(d.glob("batch-*.npz")) for part, d in first.checkpoints.items()}
     assert all(len(f) == len(first.batches) > 1 for f in files.values())
     for f in files.values():
         f[0].unlink()  # as if killed before the first batch was written
-    files["alpha=0.5"][1].unlink()  # and one part of the second batch lost
+    files[Part(ALPHA, 0.5)][1].unlink()  # and one part of the second batch lost
     again = evaluate_parts(cfg, data, PARTS, deadline=None, desc="again")
     assert again.resumed == len(first.batches) - 1
     for p in PARTS:
-        _assert_same(first.parts[p.name], again.parts[p.name])
+        _assert_same(first.parts[p], again.parts[p])
 
 
 def test_a_past_deadline_makes_a_partial_pass_on_the_same_users_for_every_part(built: Config, tmp_path: Path):
@@ -213,8 +181,8 @@ def test_alpha_values_that_round_alike_never_share_checkpoints(built: Config, tm
     data = load_eval_data(cfg, "test", reader="test")
     a = evaluate_parts(cfg, data, (Part(ALPHA, 0.12),), deadline=None, desc="a")
     b = evaluate_parts(cfg, data, (Part(ALPHA, 0.125),), deadline=None, desc="b")
-    assert a.checkpoints["alpha=0.12"] != b.checkpoints["alpha=0.125"] and b.resumed == 0
-    assert not np.array_equal(a.parts["alpha=0.12"].top, b.parts["alpha=0.125"].top)
+    assert a.checkpoints[Part(ALPHA, 0.12)] != b.checkpoints[Part(ALPHA, 0.125)] and b.resumed == 0
+    assert not np.array_equal(a.parts[Part(ALPHA, 0.12)].top, b.parts[Part(ALPHA, 0.125)].top)
 
 
 def test_users_with_an_empty_pool_are_evaluated_not_dropped(tmp_path: Path):
@@ -229,12 +197,18 @@ def test_users_with_an_empty_pool_are_evaluated_not_dropped(tmp_path: Path):
     data = load_eval_data(cfg, "test", reader="test")
     empty = data.users.filter(pl.col("pool_size") == 0)["user"].to_numpy()
     assert len(empty) > 0  # the case under test exists
-    r = evaluate_parts(cfg, data, (Part(COLD, 0.0, "popularity"), Part(BASELINE, method="cf_only")),
-                       deadline=None, desc="x")
-    for part in r.parts.values():
-        rows = np.isin(part.users, empty)
-        assert rows.sum() == len(np.intersect1d(part.users, empty))
-        assert (part.top[rows] == -1).all() and (part.per_user["recall@10"][rows] == 0).all()
+    r = evaluate_parts(cfg, data, (Part(COLD, 0.0, "popularity"), Part(BASELINE, method="cf_only"),
+                                   Part(BASELINE, method="popularity")), deadline=None, desc="x")
+    cold = r.parts[Part(COLD, 0.0, "popularity")]
+    rows = np.isin(cold.users, empty)
+    assert rows.sum() == len(empty)  # evaluated, with an empty list scored 0
+    assert (cold.top[rows] == -1).all() and (cold.per_user["recall@10"][rows] == 0).all()
+    # a baseline serves them by its fallback, as a deployed system would: cf_only's list is popularity's
+    cf, pop = r.parts[Part(BASELINE, method="cf_only")], r.parts[Part(BASELINE, method="popularity")]
+    rows = np.isin(cf.users, empty)
+    assert rows.sum() == len(empty) and (cf.per_user["fallback"][rows] == 1).all()
+    np.testing.assert_array_equal(cf.top[rows], pop.top[np.isin(pop.users, empty)])
+    assert (cf.top[rows] >= 0).all()
 
 
 # --------------------------------------------------------------------------- the tune fold never reads test
@@ -259,23 +233,23 @@ def test_baseline_content_only_never_lists_an_item_without_content(built: Config
     r = evaluate_parts(cfg, data, (Part(BASELINE, method="content_only"), Part(BASELINE, method="cf_only")),
                        deadline=None, desc="x")
     has_content, has_cf = data.items["has_content"].to_numpy(), data.items["has_cf"].to_numpy()
-    top = r.parts["baseline=content_only"].top
-    assert has_content[top[top >= 0]].all()
-    top = r.parts["baseline=cf_only"].top
-    assert has_cf[top[top >= 0]].all()
+    for method, scorable in (("content_only", has_content), ("cf_only", has_cf)):
+        part = r.parts[Part(BASELINE, method=method)]
+        own = part.top[part.per_user["fallback"] == 0]  # the users it scored itself
+        assert scorable[own[own >= 0]].all()
 
 
 def test_random_baseline_draws_unseen_catalog_items_whatever_the_batch(built: Config, tmp_path: Path):
     from recopt.evaluate import build_shared
-    from recopt.methods import random_lists
+    from recopt.methods import catalog_lists
     from recopt.pools import read_pool
 
     cfg = _own_checkpoints(built, tmp_path)
     data: EvalData = load_eval_data(cfg, "test", reader="test")
     shared, _ = build_shared(cfg, data, (Part(BASELINE, method="random"),))
     users = data.users.sort("user")["user"].to_numpy().astype(np.int64)
-    whole = random_lists(shared, users, 50)
-    np.testing.assert_array_equal(random_lists(shared, users[7:19], 50).items, whole.items[7:19])
+    whole = catalog_lists(shared, "random", users, 50)
+    np.testing.assert_array_equal(catalog_lists(shared, "random", users[7:19], 50).items, whole.items[7:19])
     seen = data.seen[users].toarray() > 0
     rows = np.broadcast_to(np.arange(len(users))[:, None], whole.items.shape)
     listed = whole.items >= 0
@@ -305,20 +279,25 @@ def test_the_collab_evaluate_recomputes_is_the_one_candidates_computed(built: Co
     ctx = build_context(inputs, split.parquet("train"), ingest.parquet("movies"), ingest.parquet("providers"),
                         ingest.parquet("user_providers"), eval_users, built.candidates, built.relevance_threshold)
     batch = build_batch(ctx, eval_users[:64])
-    again = collab_scores(cf.npy("user_factors"), cf.npy("item_factors"), cf.npy("user_has_cf"), cf.npy("item_has_cf"),
-                          batch.user, batch.item)
+    again = collab_scores(cf.npy("user_factors"), cf.npy("item_factors"), cf.npy("user_has_cf") | cf.npy("user_folded"),
+                          cf.npy("item_has_cf"), batch.user, batch.item)
     assert np.isnan(batch.collab).any() and (~np.isnan(batch.collab)).any()
     assert again.tobytes() == batch.collab.tobytes()
 
 
-def test_refine_adds_points_around_the_first_choice_and_chooses_again(built: Config, tmp_path: Path):
-    plain = run_tune(_own_checkpoints(built, tmp_path)).selection["alpha"]
-    refined = run_tune(_own_checkpoints(_with(built, "evaluate", refine=True), tmp_path)).selection["alpha"]
-    assert refined["refined"] == refine_points(plain["grid"], plain["chosen"]) and refined["refined"]
-    assert sorted(refined["grid"]) == sorted(plain["grid"] + refined["refined"])
-    recall = {float(a): v for a, v in refined["recall@10"].items()}
-    assert set(recall) == set(refined["grid"])
-    assert recall[refined["chosen"]] == max(recall.values())
+def test_the_alpha_search_leaves_the_grid_edge_and_records_every_point(built: Config, tmp_path: Path):
+    """A grid whose lowest point wins on the tiny data: the search goes outward, then refines, within its bound."""
+    cfg = _own_checkpoints(_with(_with(built, "evaluate", alphas=[0.35, 0.5, 0.65]), alpha=0.5), tmp_path)
+    a = run_tune(cfg).selection.alpha
+    assert a.grid == (0.35, 0.5, 0.65) and a.added and len(a.added) <= cfg.evaluate.alpha_search_points
+    assert set(a.tried) == set(a.grid) | set(a.added) and set(a.recall) == set(a.tried)
+    assert a.recall[a.chosen] == max(a.recall.values())
+    assert min(a.added) < 0.35  # it left the lower edge
+    assert a.edge is None or len(a.added) == a.limit
+    # replaying the rule on the recorded points adds nothing more: the search ended where the rule ends
+    assert next_alphas(a.tried, a.chosen, a.grid, a.limit - len(a.added)) == []
+    none = run_tune(_own_checkpoints(_with(cfg, "evaluate", alpha_search_points=0), tmp_path)).selection.alpha
+    assert none.added == () and none.tried == a.grid and none.edge == "lower"
 
 
 def test_a_new_part_is_computed_alone_the_others_resume(built: Config, tmp_path: Path):
@@ -330,14 +309,14 @@ def test_a_new_part_is_computed_alone_the_others_resume(built: Config, tmp_path:
     for p, d in first.checkpoints.items():  # the earlier parts were read back, not recomputed
         assert [f.stat().st_mtime_ns for f in sorted(d.glob("batch-*.npz"))] == stamps[p]
         _assert_same(first.parts[p], more.parts[p])
-    assert len(list(more.checkpoints["alpha=0.8"].glob("batch-*.npz"))) == len(more.batches)
+    assert len(list(more.checkpoints[Part(ALPHA, 0.8)].glob("batch-*.npz"))) == len(more.batches)
 
 
 def test_the_evaluate_artifact_is_the_same_bytes_computed_or_resumed(built: Config, tmp_path: Path):
     """What a pass reads depends on its checkpoints; the artifact (manifest included) must not."""
     import hashlib
 
-    from recopt.sweep import evaluate_fold
+    from stages.evaluate import main
 
     cfg = _with(built, "paths", checkpoints=str(tmp_path / "ck"), evaluate=str(tmp_path / "ev"),
                 runs=str(tmp_path / "runs"), metrics=str(tmp_path / "metrics"),
@@ -348,7 +327,7 @@ def test_the_evaluate_artifact_is_the_same_bytes_computed_or_resumed(built: Conf
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
                 if p.is_file()}
 
-    evaluate_fold(cfg, "tune")
+    main(cfg, Invocation(mode="params", fold="tune"))
     fresh = digests()
-    evaluate_fold(cfg, "tune")  # every part resumes from its checkpoints now
+    main(cfg, Invocation(mode="params", fold="tune"))  # every part resumes from its checkpoints now
     assert digests() == fresh

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
-from recopt.artifacts import ArtifactError, artifact_dir, open_artifact
+from recopt.artifacts import ArtifactError, open_artifact
+from recopt.layout import artifact_dir
 from recopt.config import read_params
 from stages._entry import compose
 from tests.conftest import ROOT, STAGE_DIRS, tool_env

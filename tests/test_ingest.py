@@ -10,7 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recopt.artifacts import LAYOUT, MANIFEST, ArtifactError, manifest_digest, open_artifact, output, sha256_file
+from recopt.artifacts import ArtifactError, open_artifact, output, sha256_file
+from recopt.layout import LAYOUT, MANIFEST
 from recopt.config import Preset
 from recopt.ingest import ingest, write_tables
 from recopt.rng import stage_rng
@@ -74,10 +75,10 @@ def test_ingest_synthetic_writes_typed_parquet_in_a_verified_artifact(tmp_path: 
         assert entry == {"bytes": (root / name).stat().st_size, "sha256": sha256_file(root / name)}
     assert art.manifest["inputs"] == {}            # a source, not an artifact, is read
     # same seed, same bytes; another seed, another artifact
-    digest = manifest_digest(root)
-    assert ingest(cfg) == summary and manifest_digest(root) == digest
+    digest = sha256_file(root / MANIFEST)
+    assert ingest(cfg) == summary and sha256_file(root / MANIFEST) == digest
     ingest(tmp_config(tmp_path, "data.preset=tiny", "seed=1"))
-    assert manifest_digest(root) != digest
+    assert sha256_file(root / MANIFEST) != digest
 
 
 def test_run_facts_go_to_paths_runs_never_into_the_artifact(tmp_path: Path) -> None:

@@ -48,17 +48,19 @@ def tiny_repo(tiny_run: tuple[Path, str]) -> Path:
 
 def test_dvc_pipeline_builds_both_folds_and_every_output(tiny_repo: Path) -> None:
     assert "preset: tiny" in (tiny_repo / "params.yaml").read_text()  # DVC's Hydra composition wrote it
+    sel = json.loads((tiny_repo / "data/evaluate/tune/selection.json").read_text())
     for fold in ("tune", "test"):
         results = tiny_repo / "data/evaluate" / fold
         tuning = pl.read_csv(results / "tuning_results.csv")
         assert tuning.columns[: len(USER_COLUMNS)] == USER_COLUMNS
-        assert tuning["alpha"].to_list() == [0.35, 0.5, 0.65]
+        # the grid and every point the search added on validation, reported on both folds
+        assert tuning["alpha"].to_list() == sorted(sel["alpha"]["tried"])
+        assert {0.35, 0.5, 0.65} <= set(sel["alpha"]["tried"])
         assert (tuning["users_eval"] > 0).all() and not tuning["alpha_timed_out"].any()
     runs = pl.read_csv(tiny_repo / "data/evaluate/test/runs.csv")
     chosen = dict(zip(runs["run"], runs["chosen"]))
-    sel = json.loads((tiny_repo / "data/evaluate/tune/selection.json").read_text())
     assert chosen[f"alpha={sel['alpha']['chosen']!r}"] == "alpha* (validation)"
-    assert chosen[sel["baseline"]["chosen"]] == "best baseline (validation)"
+    assert chosen[f"baseline={sel['baseline']['chosen']}"] == "best baseline (validation)"
     assert any(n.startswith("adaptive") for n in chosen) and any(n.startswith("reference=ease") for n in chosen)
     gates = json.loads((tiny_repo / "data/evaluate/test/gates.json").read_text())
     assert gates["gate1"]["verdict"] in ("PASS", "INCONCLUSIVE", "FAIL")
@@ -86,10 +88,16 @@ def test_dvc_exp_show_lists_the_metrics_of_each_experiment(tiny_repo: Path) -> N
             if metrics:
                 found[rev.get("name") or data.get("name")] = metrics
     assert "alpha-08" in found
-    for m in ("recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10"):
-        assert isinstance(found["alpha-08"][m], float)
-    diff = run_cmd(["dvc", "metrics", "diff", "HEAD", "alpha-08", "--json"], tiny_repo).stdout
-    assert "metrics/test.json" in diff
+    for block in ("alpha", "alpha_star"):
+        for m in ("recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10"):
+            assert isinstance(found["alpha-08"][block][m], float)
+    # the experiment that set alpha=0.8 reports alpha=0.8's run, whatever alpha* is
+    assert found["alpha-08"]["alpha"]["value"] == 0.8
+    base = json.loads((tiny_repo / "metrics/test.json").read_text())
+    diff = json.loads(run_cmd(["dvc", "metrics", "diff", "HEAD", "alpha-08", "--json"], tiny_repo).stdout)
+    changed = diff.get("metrics/test.json", {})
+    assert "alpha.value" in changed and "alpha.recall@10" in changed, changed
+    assert base["alpha"]["recall@10"] != found["alpha-08"]["alpha"]["recall@10"]
 
 
 def test_changing_alpha_reruns_only_evaluate(tiny_repo: Path) -> None:
@@ -163,6 +171,28 @@ def test_hydra_multirun_sweep_compares_on_the_same_users_and_logs_every_run(tiny
     assert sweep_keys == dvc_keys
 
 
+def test_one_run_name_is_one_computation(tiny_repo: Path) -> None:
+    """A sweep job of alpha=0.5 serves cold users by the rule chosen on validation, as the pipeline does:
+    same name, same numbers. A sweep whose rerank values differ uses the config's rule and says so."""
+    run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny"], tiny_repo)
+    out = run_cmd(["python", "-m", "stages.evaluate", "-m", "alpha=0.5", "data.preset=tiny"], tiny_repo).stdout
+    sweep = Path(out.split("comparison: ")[1].split()[0]).parent.name
+    runs = _runs(tiny_repo)
+    pipeline = [r for r in runs if r.data.tags.get("recopt.fold") == "tune" and r.data.tags.get("recopt.run") == "alpha=0.5"
+                and r.data.tags.get("recopt.sweep", "").startswith("dvc-")]
+    job = [r for r in runs if r.data.tags.get("recopt.sweep") == f"hydra-{sweep}" and r.info.run_name.endswith("validation")
+           and r.data.tags.get("recopt.run") == "alpha=0.5"]
+    assert pipeline and job and pipeline[0].info.run_name == job[0].info.run_name
+    for key in ("recall_at_10", "map_at_10", "ndcg_at_10", "coverage_at_10", "novelty_at_10", "cold.recall_at_10"):
+        assert job[0].data.metrics[key] == pipeline[0].data.metrics[key], key
+    assert job[0].data.params["cold_rule"] == pipeline[0].data.params["cold_rule"]
+    other = run_cmd(["python", "-m", "stages.evaluate", "-m", "alpha=0.5", "data.preset=tiny", "rerank.mmr_lambda=0.1"],
+                    tiny_repo).stdout
+    assert "cold users get the config's" in other
+    label = other.split("(from the config)")[0].splitlines()[-1]
+    assert "alpha=0.5" in label and "cold: beta=" in label
+
+
 def test_a_sweep_refuses_what_the_pipeline_was_not_built_with(tiny_repo: Path) -> None:
     """A Hydra run composes conf/ with its overrides: a value the artifacts were not built with would be
     reported under the wrong label, and a value listed twice would be two rows of one run."""
@@ -197,9 +227,9 @@ def test_dvc_pipeline_on_movielens_sample(tmp_path: Path) -> None:
     manifest = json.loads((repo / "data/ingest/manifest.json").read_text())
     assert manifest["summary"]["counts"]["n_ratings"] == 100_836 and manifest["summary"]["counts"]["n_users"] == 610
     tuning = pl.read_csv(repo / "data/evaluate/test/tuning_results.csv")
-    assert tuning.height == 3 and (tuning["recall@10"] > 0).all()
+    assert tuning.height >= 3 and (tuning["recall@10"] > 0).all()
     metrics = json.loads((repo / "metrics/test.json").read_text())
-    assert metrics["alpha_star"] in (0.35, 0.5, 0.65)
+    assert metrics["alpha_star"]["value"] in tuning["alpha"].to_list()
 
 
 def test_an_optuna_search_maximises_validation_recall(tiny_repo: Path) -> None:

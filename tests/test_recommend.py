@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import math
 
 import numpy as np
 import polars as pl
@@ -17,13 +16,21 @@ from recopt.__main__ import main
 from recopt.artifacts import open_artifact
 from recopt.config import Config
 from recopt.errors import RecoptError
+from recopt.methods import Part, PartKind
 from recopt.recommend import Recommendation, format_recommendation, recommend
+from recopt.selection import ColdRule, config_cold_rule
 
 MARK = "✓"
 
 
-def _beta(cfg: Config, beta: float | None):
-    return None if beta is None else dataclasses.replace(cfg.rerank, cold_beta=beta)
+def _rule(cfg: Config, beta: float, foldin: float | None = None) -> ColdRule:
+    """A content/prior cold rule at `beta` (with the fold-in hybrid at `foldin` first, when given)."""
+    base = Part(PartKind.COLD, beta, cfg.rerank.cold_prior)
+    return ColdRule((Part(PartKind.FOLDIN, foldin), base) if foldin is not None else (base,))
+
+
+def _rec(cfg: Config, user: int, alpha: float, k: int | None = None, beta: float = 0.0, **kw) -> Recommendation:
+    return recommend(cfg, user, alpha, _rule(cfg, beta), k, **kw)
 
 
 def _pool_users(cfg: Config, fold: str = "test") -> pl.DataFrame:
@@ -65,7 +72,7 @@ def _table_rows(text: str) -> list[tuple[int, int, bool]]:
 @pytest.mark.parametrize("fold", ["test", "tune"])
 def test_recommend_lists_ranked_unseen_items_with_their_scores(tiny_built: Config, has_cf: bool, fold: str) -> None:
     user = _user(tiny_built, has_cf, fold)
-    rec = recommend(tiny_built, user, 0.5, 10, fold=fold)
+    rec = _rec(tiny_built, user, 0.5, 10, fold=fold)
     table = rec.table
     assert rec.fold == fold and rec.user_id == user and rec.has_cf is has_cf
     assert table["rank"].to_list() == list(range(1, 11))
@@ -73,8 +80,11 @@ def test_recommend_lists_ranked_unseen_items_with_their_scores(tiny_built: Confi
     for col in ("final", "hybrid"):
         values = table[col].to_numpy()
         assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all(), col
-    # a user without a CF factor has no collab for any item
-    assert np.isnan(table["collab"].to_numpy()).all() == (not has_cf)
+    # collab comes from the user's factor: fitted, or folded in for a cold user with train ratings
+    cf = open_artifact(tiny_built.paths, "cf_load", fold, reader="test")
+    index = int(np.searchsorted(cf.npy("user_ids"), user))
+    has_factor = bool(cf.npy("user_has_cf")[index] or cf.npy("user_folded")[index])
+    assert np.isnan(table["collab"].to_numpy()).all() == (not has_factor)
     assert (table["sources"].str.len_chars() > 0).all()
     seen = _split(tiny_built, fold, "train").filter(pl.col("userId") == user)["movieId"]
     assert not table["movieId"].is_in(seen.implode()).any()
@@ -85,20 +95,21 @@ def test_recommend_lists_ranked_unseen_items_with_their_scores(tiny_built: Confi
 
 
 def test_users_without_a_cf_factor_carry_the_popular_source(tiny_built: Config) -> None:
-    rec = recommend(tiny_built, _user(tiny_built, False), 0.5, 20)
+    rec = _rec(tiny_built, _user(tiny_built, False), 0.5, 20)
     assert rec.table["sources"].str.contains("popular").any()
-    warm = recommend(tiny_built, _user(tiny_built, True), 0.5, 20)
+    warm = _rec(tiny_built, _user(tiny_built, True), 0.5, 20)
     assert not warm.table["sources"].str.contains("popular").any()
 
 
-def _evaluate_list(cfg: Config, user_id: int, alpha: float, beta: float) -> np.ndarray:
+def _evaluate_list(cfg: Config, user_id: int, alpha: float, cold: ColdRule) -> np.ndarray:
     """What evaluate ranks for `user_id` on the test fold (movieIds, in order)."""
     from recopt.evaluate import build_shared, load_eval_data
-    from recopt.methods import ALPHA, COLD, Part, Task, evaluate_batch
+    from recopt.methods import Task, evaluate_batch
     from recopt.pools import read_pool
+    from recopt.recommend import serving_part
 
     data = load_eval_data(cfg, "test", reader="test")
-    parts = (Part(ALPHA, alpha), Part(COLD, beta, cfg.rerank.cold_prior))
+    parts = (Part(PartKind.ALPHA, alpha), *cold.parts)
     shared, _ = build_shared(cfg, data, parts)
     row = data.users.filter(pl.col("userId") == user_id)
     batch, uidx = int(row["batch"][0]), int(row["user"][0])
@@ -107,9 +118,8 @@ def _evaluate_list(cfg: Config, user_id: int, alpha: float, beta: float) -> np.n
     pool = read_pool(data.candidates, batch, group["pool_size"].to_numpy(), group["user"].to_numpy())
     keep = np.isin(pool["user"], users)
     out = evaluate_batch(shared, Task(batch=batch, users=users, pool={k: v[keep] for k, v in pool.items()},
-                                         parts=shared.parts))
-    part = parts[0] if bool(row["has_cf"][0]) else parts[1]
-    got = out[part.name]
+                                      parts=shared.parts))
+    got = out[serving_part(alpha, cold, bool(shared.user_has_cf[uidx]), bool(shared.user_folded[uidx]))]
     lists = got.lists[int(np.flatnonzero(got.users == uidx)[0])]
     return data.items["movieId"].to_numpy()[lists[lists >= 0]]
 
@@ -117,36 +127,38 @@ def _evaluate_list(cfg: Config, user_id: int, alpha: float, beta: float) -> np.n
 @pytest.mark.parametrize("has_cf", [True, False])
 def test_recommend_is_the_evaluate_ranking(tiny_built: Config, has_cf: bool) -> None:
     user = _user(tiny_built, has_cf)
-    for alpha, beta in ((0.5, 0.25), (0.8, 1.0)):
-        expected = _evaluate_list(tiny_built, user, alpha, beta)
-        got = recommend(tiny_built, user, alpha, rerank=_beta(tiny_built, beta)).table["movieId"].to_numpy()
+    for alpha, cold in ((0.5, _rule(tiny_built, 0.25)), (0.8, _rule(tiny_built, 1.0)),
+                        (0.3, _rule(tiny_built, 0.5, foldin=0.35))):
+        expected = _evaluate_list(tiny_built, user, alpha, cold)
+        got = recommend(tiny_built, user, alpha, cold).table["movieId"].to_numpy()
         np.testing.assert_array_equal(got, expected)
 
 
-def test_alpha_moves_a_warm_list_and_beta_moves_a_cold_list(tiny_built: Config) -> None:
+def test_alpha_moves_a_warm_list_and_the_cold_rule_moves_a_cold_list(tiny_built: Config) -> None:
     warm, cold = _user(tiny_built, True), _user(tiny_built, False)
 
-    def items(user: int, alpha: float, beta: float) -> list[int]:
-        return recommend(tiny_built, user, alpha, 20, rerank=_beta(tiny_built, beta)).table["movieId"].to_list()
+    def items(user: int, alpha: float, beta: float, foldin: float | None = None) -> list[int]:
+        return recommend(tiny_built, user, alpha, _rule(tiny_built, beta, foldin), 20).table["movieId"].to_list()
 
     assert items(warm, 0.0, 0.0) != items(warm, 1.0, 0.0)
-    assert items(warm, 0.3, 0.0) == items(warm, 0.3, 1.0)   # beta is for users without collab
+    assert items(warm, 0.3, 0.0) == items(warm, 0.3, 1.0) == items(warm, 0.3, 0.0, 0.9)  # the cold rule is not theirs
     assert items(cold, 0.0, 0.0) != items(cold, 0.0, 1.0)
-    assert items(cold, 0.0, 0.5) == items(cold, 1.0, 0.5)   # alpha is for users with collab
+    assert items(cold, 0.0, 0.5) == items(cold, 1.0, 0.5)   # alpha is for users with a factor from the fit
+    assert items(cold, 0.0, 0.5, 0.0) != items(cold, 0.0, 0.5, 1.0)  # the fold-in hybrid's own alpha
 
 
 def test_recommend_names_a_user_without_a_pool_and_a_bad_alpha(tiny_built: Config) -> None:
     with pytest.raises(RecoptError, match="--user: userId 999999 has no candidate pool"):
-        recommend(tiny_built, 999_999, 0.5)
+        _rec(tiny_built, 999_999, 0.5)
     with pytest.raises(RecoptError, match=r"--alpha: 1.5 must be in \[0, 1\]"):
-        recommend(tiny_built, _user(tiny_built, True), 1.5)
+        _rec(tiny_built, _user(tiny_built, True), 1.5)
 
 
 # --------------------------------------------------------------------------- the printed list
 
 
 def _formatted(cfg: Config, has_cf: bool, show_hits: bool) -> tuple[Recommendation, str]:
-    rec = recommend(cfg, _user(cfg, has_cf), 0.7, 20, rerank=_beta(cfg, 0.25))
+    rec = _rec(cfg, _user(cfg, has_cf), 0.7, 20, beta=0.25)
     return rec, format_recommendation(rec, show_hits)
 
 
@@ -169,7 +181,7 @@ def test_formatted_output_has_the_header_the_mmr_note_and_every_row(tiny_built: 
     if has_cf:
         assert "has a CF factor" in header and "alpha=0.7" in header
     else:
-        assert "no CF factor" in header and "beta=0.25" in header
+        assert "no CF factor" in header and "cold start, cold: beta=0.25" in header
     assert any("MMR" in line for line in text.splitlines()[1:3])
     rows = _table_rows(text)
     assert [(r, m) for r, m, _ in rows] == list(zip(range(1, 21), rec.table["movieId"].to_list()))
@@ -180,7 +192,7 @@ def test_hits_mark_exactly_the_relevant_held_out_items(tiny_built: Config) -> No
     # a user whose list holds both relevant and other items, so a wrong mark shows
     users = _pool_users(tiny_built).filter((pl.col("n_relevant") > 0) & (pl.col("pool_size") >= 20))
     for user in users["userId"].to_list():
-        rec = recommend(tiny_built, user, 0.5, 20)
+        rec = _rec(tiny_built, user, 0.5, 20)
         if 0 < rec.n_hits < len(rec.table):
             break
     else:
@@ -195,10 +207,11 @@ def test_hits_mark_exactly_the_relevant_held_out_items(tiny_built: Config) -> No
 
 
 def test_missing_scores_print_as_n_a(tiny_built: Config) -> None:
-    rec, text = _formatted(tiny_built, False, False)
+    rec, _ = _formatted(tiny_built, False, False)
+    table = rec.table.with_columns(collab=pl.lit(float("nan")))  # a user without any factor has no collab
+    text = format_recommendation(dataclasses.replace(rec, table=table), False)
     rows = [line for line in text.splitlines() if line[:4].strip().isdigit()]
-    assert rows and all("n/a" in line for line in rows)  # no collab for a cold user
-    assert math.isnan(rec.table["collab"][0])
+    assert rows and all("n/a" in line for line in rows)
 
 
 # --------------------------------------------------------------------------- the command line
@@ -214,19 +227,30 @@ def params(tiny_built: Config, tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_cli_prints_the_formatted_list(tiny_built: Config, params: str, capsys) -> None:
     user = _user(tiny_built, True)
     assert main(["recommend", "--user", str(user), "--alpha", "0.3", "--k", "7", "--hits", "--params", params]) == 0
-    expected = format_recommendation(recommend(tiny_built, user, 0.3, 7), True)
-    assert capsys.readouterr().out == expected + "\n"
+    out = capsys.readouterr().out
+    expected = format_recommendation(recommend(tiny_built, user, 0.3, config_cold_rule(tiny_built), 7), True)
+    assert out.endswith(expected + "\n")
 
 
-def test_cli_defaults_to_the_configured_alpha_and_the_test_fold(tiny_built: Config, params: str, capsys) -> None:
-    # no tune evaluation exists, so the alpha of params.yaml is used
+def test_cli_without_a_tune_evaluation_warns_first_and_uses_the_config(tiny_built: Config, params: str,
+                                                                       capsys) -> None:
+    # no tune evaluation exists: the first line says so, then the alpha and cold rule of params.yaml are used
     user = _user(tiny_built, True, "tune")
     assert main(["recommend", "--user", str(user), "--params", params]) == 0
-    assert capsys.readouterr().out == format_recommendation(recommend(tiny_built, user, tiny_built.alpha, 20),
-                                                            False) + "\n"
+    first, rest = capsys.readouterr().out.split("\n", 1)
+    assert first.startswith(f"warning: not the choices made on validation -- alpha={tiny_built.alpha!r} and the "
+                            "config's cold rule") and "evaluate@tune" in first and "does not exist" in first
+    assert rest == format_recommendation(recommend(tiny_built, user, tiny_built.alpha, config_cold_rule(tiny_built),
+                                                   20), False) + "\n"
     assert main(["recommend", "--user", str(user), "--fold", "tune", "--params", params]) == 0
-    assert capsys.readouterr().out == format_recommendation(
-        recommend(tiny_built, user, tiny_built.alpha, 20, fold="tune"), False) + "\n"
+    assert capsys.readouterr().out.split("\n", 1)[1] == format_recommendation(
+        recommend(tiny_built, user, tiny_built.alpha, config_cold_rule(tiny_built), 20, fold="tune"), False) + "\n"
+
+
+def test_cli_strict_refuses_without_the_choices_made_on_validation(tiny_built: Config, params: str, capsys) -> None:
+    assert main(["recommend", "--user", str(_user(tiny_built, True)), "--strict", "--params", params]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "evaluate@tune" in captured.err and "does not exist" in captured.err
 
 
 def test_cli_reports_errors_with_exit_code_2(tiny_built: Config, params: str, tmp_path, capsys) -> None:

@@ -5,6 +5,8 @@ is the content-only rule, beta = 1 ranks by the prior, warm users ignore beta)."
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,16 +15,25 @@ from hypothesis import strategies as st
 from recopt.config import RerankConfig
 from recopt.keys import segment_starts
 from recopt.scoring import (blend, cold_blend, final_scores, impute_user_mean, minmax_per_user, normalise_pool,
-                            prior_signal, score_pool, served_scores)
+                            prior_signal, served_scores)
 
 NAN = np.nan
+
+
+def score_pool(rows, items, collab, content, provider, quality, recency, prior, alpha, cfg) -> SimpleNamespace:
+    """What a pool part does: normalise per user, blend at `alpha` (users without collab: rerank.cold_beta),
+    add the signals."""
+    n = normalise_pool(rows, items, collab, content, provider, quality, recency, cfg.missing_collab)
+    hybrid, final = served_scores(n, alpha, cfg.cold_beta, prior, cfg)
+    return SimpleNamespace(rows=rows, items=items, collab=n.collab, content=n.content, hybrid=hybrid,
+                           quality=n.quality, recency=n.recency, final=final)
 
 
 def _rerank(w_quality: float = 0.0, w_recency: float = 0.0, w_provider: float = 0.0,
             missing_collab: str = "user_mean", cold_beta: float = 0.0, cold_prior: str = "popularity") -> RerankConfig:
     return RerankConfig(w_quality=w_quality, w_recency=w_recency, w_provider=w_provider, mmr_lambda=0.0,
                         k_final=10, mmr_pool=10, missing_collab=missing_collab, cold_beta=cold_beta,
-                        cold_prior=cold_prior, cold_mmr_lambda=None)
+                        cold_prior=cold_prior, cold_mmr_lambda=None, cold_alpha=None)
 
 
 def _f32(*values: float) -> np.ndarray:
@@ -348,3 +359,19 @@ def test_beta_and_prior_never_change_a_warm_users_scores(pool, beta):
     base, _ = served_scores(n, alpha, 0.0, prior, cfg)
     moved, _ = served_scores(n, alpha, beta, prior[::-1].copy() + 1.0, cfg)
     np.testing.assert_array_equal(moved[~n.cold], base[~n.cold])
+
+
+def test_without_an_alpha_every_user_gets_the_content_prior_rule_whatever_collab_they_have():
+    """A cold part (recopt.methods) scores folded-in users by the content/prior rule, ignoring their collab."""
+    rows = np.array([0, 0, 0, 1, 1], np.int32)
+    items = np.array([0, 1, 2, 3, 4], np.int32)
+    collab = _f32(3.0, 1.0, 2.0, NAN, NAN)     # user 0 has collab (a folded-in factor), user 1 none
+    content = _f32(0.1, 0.9, 0.5, 0.2, 0.8)
+    prior = _f32(0.0, 10.0, 5.0, 1.0, 0.0)
+    z = np.zeros(5, np.float32)
+    n = normalise_pool(rows, items, collab, content, z, z, z, "user_mean")
+    hybrid, _ = served_scores(n, None, 0.25, prior, _rerank())
+    want = cold_blend(n.content, minmax_per_user(prior[items], n.starts), 0.25)
+    np.testing.assert_allclose(hybrid, want, rtol=1e-6)
+    with_alpha, _ = served_scores(n, 0.5, 0.25, prior, _rerank())
+    assert not np.allclose(with_alpha[:3], want[:3]) and np.allclose(with_alpha[3:], want[3:])

@@ -1,0 +1,229 @@
+"""Writing a fold's outcome: the evaluate artifact, the DVC metrics files, MLflow (through
+recopt.tracking) and the console.
+
+The artifact (``evaluate@<fold>``): runs.csv, tuning_results.csv, slices.csv,
+selection.json, report.md, alpha_curve.png; on test also gates.json, intervals.csv,
+lists.parquet (every run's lists, streamed from the checkpoints) and per_user.parquet.
+``metrics/<fold>.json`` holds the headline figures a person compares across DVC
+experiments: the run of the configured ``alpha`` next to alpha*'s, so experiments that
+differ in alpha differ in ``dvc exp show``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recopt import metrics, report, tracking
+from recopt.artifacts import Output, add_run_facts, open_artifact
+from recopt.config import HELDOUT, Config
+from recopt.evaluate import EvalData, load_part
+from recopt.layout import checkpoint_file, dump_json, metrics_path, mlflow_scratch, write_text_atomic
+from recopt.comparisons import Comparison
+from recopt.methods import PartKind
+from recopt.runs import Run, combine, slice_summaries
+from recopt.selection import ALPHA_ROLES, Role, part_label, role_label, run_label
+from recopt.study import FoldOutcome
+
+
+def dataset_info(data: EvalData) -> tracking.DatasetInfo:
+    """Name, source and digest of the evaluated data (the ingest source and the fold's split)."""
+    source = data.split.summary.get("source") or "unknown"
+    kind, _, where = source.partition(":")
+    name = Path(where).name if kind == "movielens" else f"synthetic-{where}"
+    return tracking.DatasetInfo(name=name, source=source, digest=data.split.digest)
+
+
+def _lists(out: Output, outcome: FoldOutcome) -> None:
+    """lists.parquet (userId, run, rank, movieId, score), streamed batch by batch from the checkpoints;
+    each run's rows assembled as its summaries were (recopt.runs.combine)."""
+    data, runs = outcome.data, outcome.runs
+    movie_ids = data.items["movieId"].to_numpy()
+    users = data.users.sort("user")
+    uid_sorted, uid_vals = users["user"].to_numpy(), users["userId"].to_numpy()
+    dirs = outcome.checkpoints
+    names = pa.array([run_label(r) for r in runs])  # one dictionary for every batch's run column
+    writer = None
+    for b in outcome.passes[0].done:
+        chunk = {}
+        frames = []
+        for index, r in enumerate(runs):
+            for piece in r.pieces:
+                if piece.part not in chunk:
+                    chunk[piece.part] = load_part(checkpoint_file(dirs[piece.part], b))
+            ids, arrays = combine([(chunk[p.part].users, {"lists": chunk[p.part].lists, "scores": chunk[p.part].scores},
+                                    p.slice) for p in r.pieces], data)
+            ok = arrays["lists"] >= 0
+            rows, ranks = np.nonzero(ok)
+            frames.append(pa.table({
+                "userId": uid_vals[np.searchsorted(uid_sorted, ids)][rows].astype(np.int32),
+                "run": pa.DictionaryArray.from_arrays(np.full(len(rows), index, np.int32), names),
+                "rank": (ranks + 1).astype(np.int16), "movieId": movie_ids[arrays["lists"][ok]].astype(np.int32),
+                "score": arrays["scores"][ok]}))
+        table = pa.concat_tables(frames).combine_chunks()
+        if writer is None:
+            writer = pq.ParquetWriter(out.path("lists"), table.schema, compression="zstd")
+        writer.write_table(table.cast(writer.schema))
+    if writer is not None:
+        writer.close()
+
+
+def per_user_frame(runs: list[Run], data: EvalData) -> pl.DataFrame:
+    """Every run's per-user metrics, with userId, slice and the run's label."""
+    users = data.users.sort("user")
+    frames = []
+    for r in runs:
+        pos = np.searchsorted(users["user"].to_numpy(), r.users)
+        frames.append(pl.DataFrame({"userId": users["userId"].to_numpy()[pos], "slice": users["slice"].to_numpy()[pos],
+                                    "run": pl.Series([run_label(r)] * len(pos), dtype=pl.String), **r.per_user}))
+    return pl.concat(frames, how="diagonal") if frames else pl.DataFrame()
+
+
+def _curve(outcome: FoldOutcome) -> pl.DataFrame:
+    rows = [{"alpha": r.alpha, **{m: r.summary[m] for m in ("recall@10", "ndcg@10", "map@10", "coverage@10")}}
+            for r in outcome.find(*ALPHA_ROLES)]
+    return pl.DataFrame(rows).sort("alpha")
+
+
+def write_artifact(out: Output, cfg: Config, outcome: FoldOutcome) -> dict[str, pl.DataFrame]:
+    """Every file of the evaluate artifact of `outcome`'s fold; returns the tables it wrote."""
+    data, runs, sel = outcome.data, outcome.runs, outcome.selection
+    ks = sorted(set(cfg.evaluate.ks))
+    skipped = sum(data.skipped.values())
+    out.uses(data.candidates, data.split, data.cf)
+    tables = {"runs": report.runs_table(runs, skipped, ks), "tuning_results": report.tuning_table(runs, skipped, ks),
+              "slices": report.slices_table(runs, data)}
+    for name, table in tables.items():
+        table.write_csv(out.path(name))
+    out.json("selection", sel.to_json())
+    curves = {HELDOUT[outcome.fold]: _curve(outcome)}
+    intervals = None
+    if outcome.fold == "test":
+        tune = open_artifact(cfg.paths, "evaluate", "tune", reader="evaluate@test", config=cfg)
+        out.uses(tune)
+        curves = {"validation": pl.read_csv(tune.path("tuning_results")).select(curves["test"].columns).sort("alpha"),
+                  "test": curves["test"]}
+        out.json("gates", report.gates_json(outcome.gates, cfg.evaluate.gate_min_lift))
+        intervals = report.intervals_table(outcome.intervals, outcome.star)
+        intervals.write_csv(out.path("intervals"))
+        _lists(out, outcome)
+        out.parquet("per_user", per_user_frame(runs, data))
+    base = {run_label(r): r.summary["recall@10"] for r in outcome.find(Role.BASELINE_BEST, Role.BASELINE)} \
+        if outcome.fold == "test" else {}
+    report.plot_alpha_curve(curves, base, sel.alpha.chosen, out.path("plot"))
+    cold = report.cold_table(runs, data)
+    out.text("report", report.report_markdown(outcome.fold, tables["runs"], tables["slices"], cold, sel,
+                                              outcome.gates, intervals, data.skipped, cfg.evaluate.gate_min_lift))
+    out.summary = {"selection": sel.to_json(), "runs": len(runs), "users_eval": int(outcome.star.summary["users_eval"])}
+    out.timings = {f"pass{i}": p.seconds for i, p in enumerate(outcome.passes)} | \
+        {f"fit:{k}": v for p in outcome.passes for k, v in p.fit_seconds.items()} | \
+        {f"alpha_time_sec:{run_label(r)}": r.seconds for r in runs}
+    return tables
+
+
+def _headline(run: Run) -> dict[str, Any]:
+    return {m: round(run.summary[m], 6) for m in metrics.shown_in(metrics.HEADLINE)}
+
+
+def write_dvc_metrics(cfg: Config, outcome: FoldOutcome) -> None:
+    """metrics/<fold>.json (the configured alpha's run and alpha*'s, the choices' stability, the gates) and
+    metrics/<fold>_alpha_curve.csv: small, git-tracked, compared by `dvc exp show`, `dvc metrics diff`,
+    `dvc plots diff`."""
+    sel, star = outcome.selection, outcome.star
+    mine = next(r for r in outcome.find(*ALPHA_ROLES) if r.alpha == cfg.alpha)
+    cold = [s for s in slice_summaries(star, outcome.data) if s["slice"] == "cold"][0]
+    doc: dict[str, Any] = {"alpha": {"value": cfg.alpha, **_headline(mine)},
+                           "alpha_star": {"value": sel.alpha.chosen, "share": round(sel.alpha_star_share, 4),
+                                          **_headline(star), "cold_recall@10": round(cold["recall@10"], 6)}}
+    if outcome.gates is not None:
+        g1, g2 = outcome.gates.gate1, outcome.gates.gate2
+        doc["gate1"] = g1.verdict
+        doc["gate1_lift"] = round(g1.comparisons["recall@10"].lift, 6) if "recall@10" in g1.comparisons else None
+        doc["gate2"] = g2.verdict
+    write_text_atomic(metrics_path(cfg.paths, "metrics", outcome.fold), dump_json(doc))
+    write_text_atomic(metrics_path(cfg.paths, "curve", outcome.fold), _curve(outcome).write_csv())
+
+
+def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, Comparison]], family: str,
+           start_ms: int, ds: tracking.DatasetInfo) -> tracking.RunRecord:
+    label = run_label(r)
+    files = [mlflow_scratch(cfg.paths, family, label, "slices"), mlflow_scratch(cfg.paths, family, label, "per_user")]
+    files[0].parent.mkdir(parents=True, exist_ok=True)
+    rows = slice_summaries(r, data)
+    pl.DataFrame(rows).write_csv(files[0])
+    per_user_frame([r], data).write_parquet(files[1])
+    m: dict[str, float] = dict(r.summary) | {"alpha_time_sec": r.seconds, "fallback_users": r.fallback_users}
+    for row in rows:
+        m |= {f"{row['slice']}.{k}": row[k] for k in metrics.shown_in(metrics.SLICE)} | {f"{row['slice']}.users": row["users"]}
+    for metric_name, c in intervals.get(id(r), {}).items():
+        m |= {f"vs_alpha_star.{metric_name}.{k}": getattr(c, k) for k in ("diff", "diff_lo", "diff_hi")}
+    cold = [p.part for p in r.pieces[1:]] if r.main.kind == PartKind.ALPHA else []
+    params = {**(r.config or tracking.config_params(cfg)), "alpha": r.alpha if r.alpha is not None else "none",
+              "role": r.role.value, "parts": ", ".join(part_label(p.part) for p in r.pieces),
+              "cold_rule": " | else ".join(part_label(p) for p in cold) or "none", "fold": data.fold}
+    return tracking.RunRecord(
+        name=f"{ds.name} · {label.replace('alpha=', 'α=')} · {HELDOUT[data.fold]}", start_ms=start_ms,
+        end_ms=start_ms + max(1, round(r.seconds * 1000)), params=params, metrics=m,
+        tags={tracking.SWEEP_TAG: family, "recopt.run": label, "recopt.fold": data.fold,
+              "recopt.chosen": role_label(r.role), "recopt.duration": "the compute time of the run's parts"},
+        artifacts=files)
+
+
+def track(cfg: Config, data: EvalData, runs: list[Run], *, root: Path, kind: str, started: float, finished: float,
+          chosen_alpha: float | None, family: str | None = None,
+          intervals: list[tuple[Run, dict[str, Comparison]]] = ()) -> float:  # type: ignore[assignment]
+    """Log an evaluation to MLflow: a parent (`<dataset> · <kind> · <held-out>`, the chosen run's headline
+    metrics, the report, plot and tables under `root`) with a child per run. Returns the seconds it took."""
+    t = time.perf_counter()
+    ds = dataset_info(data)
+    family = family or f"dvc-{data.fold}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    start_ms = int(started * 1000)
+    against = {id(x): c for x, c in intervals}
+    children = [_child(cfg, data, r, against, family, start_ms, ds) for r in runs]
+    chosen = [r for r in runs if r.role in (Role.ALPHA_STAR, Role.SWEEP_BEST)]
+    parent = tracking.RunRecord(
+        name=f"{ds.name} · {kind} · {HELDOUT[data.fold]}", start_ms=start_ms, end_ms=int(finished * 1000),
+        params={**tracking.config_params(cfg), "alpha": chosen_alpha if chosen_alpha is not None else "none",
+                "fold": data.fold},
+        metrics=dict(chosen[0].summary) if chosen else {},
+        tags={tracking.SWEEP_TAG: family, "recopt.fold": data.fold, "recopt.kind": kind},
+        artifacts=[p for p in sorted(root.iterdir()) if p.suffix in (".md", ".png", ".csv", ".json")])
+    tracking.log_family(cfg, parent, children, ds)
+    return round(time.perf_counter() - t, 3)
+
+
+def print_summary(cfg: Config, outcome: FoldOutcome, report_path: Path) -> None:
+    heldout = HELDOUT[outcome.fold]
+    sel = outcome.selection
+    print(f"\nevaluate@{outcome.fold} — runs on {heldout}, every evaluated user "
+          f"({int(outcome.star.summary['users_eval'])}); * = alpha* chosen on validation")
+    print(report.console_table(outcome.runs, outcome.star))
+    print(report.stability_line(sel))
+    for r in outcome.find(Role.BASELINE_BEST, Role.BASELINE):
+        if r.fallback_users:
+            print(f"{run_label(r)}: {r.fallback_users} user(s) it cannot score took the popularity fallback.")
+    for w in report.warnings(sel):
+        print(f"warning: {w}")
+    if outcome.gates is not None:
+        for line in report.gate_lines(outcome.gates, cfg.evaluate.gate_min_lift):
+            print(line)
+    print(f"report: {report_path}")
+    print(f"MLflow: `mlflow ui --backend-store-uri {cfg.paths.mlflow_uri}`, then {tracking.ui_url(cfg)}\n",
+          flush=True)
+
+
+def publish_fold(cfg: Config, outcome: FoldOutcome, out: Output) -> None:
+    """After the artifact is committed: the DVC metrics files, MLflow, the run facts, the console."""
+    write_dvc_metrics(cfg, outcome)
+    seconds = track(cfg, outcome.data, outcome.runs, root=out.root, kind="dvc", started=outcome.started,
+                    finished=outcome.finished, chosen_alpha=outcome.selection.alpha.chosen,
+                    intervals=outcome.intervals)
+    add_run_facts(out, mlflow_s=seconds)
+    print_summary(cfg, outcome, out.root / "report.md")
