@@ -1,12 +1,18 @@
-"""Command line: `python -m recopt recommend --user 1 [--alpha 0.5] [--k 20] [--fold test] [--hits] [--strict]`."""
+"""Command line of the library:
+
+    python -m recopt recommend --user 1 [--alpha 0.5] [--k 20] [--fold test] [--hits] [--strict]
+    python -m recopt plots [REV ...] [--out DIR]     (dvc plots diff as a page that renders offline)
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from recopt.config import FOLDS, ConfigError, read_params
 from recopt.errors import RecoptError
+from recopt.plots import offline_plots
 from recopt.recommend import format_recommendation, recommend
 from recopt.selection import config_cold_rule
 from recopt.study import read_selection
@@ -26,7 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--strict", action="store_true",
                      help="refuse, rather than fall back to the config's alpha and cold rule, when the choices made "
                           "on validation cannot be read")
+    plots = sub.add_parser("plots", help="`dvc plots diff` as a page that renders without a network")
+    plots.add_argument("revs", nargs="*", help="git revisions or experiment names (default: the workspace)")
+    plots.add_argument("--out", default="dvc_plots", help="folder of the page (default: dvc_plots)")
+    plots.add_argument("--params", default="params.yaml", help="composed config of the built pipeline")
     args = parser.parse_args(argv)
+    if args.command == "plots":
+        try:
+            page = offline_plots(read_params(args.params).paths, args.revs, Path(args.out))
+        except (ConfigError, RecoptError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"file://{page.resolve()}")
+        return 0
     try:
         cfg = read_params(args.params)
         try:  # the choices made on validation, when evaluate@tune is current

@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("recopt", "stages")
 
 
-def module_file(name: str) -> Path | None:
-    """The project file of a dotted module name (None for third-party modules)."""
+def module_file(name: str, root: Path = ROOT) -> Path | None:
+    """The project file (under `root`) of a dotted module name (None for third-party modules)."""
     if name.split(".")[0] not in PACKAGES:
         return None
-    path = ROOT.joinpath(*name.split("."))
+    path = root.joinpath(*name.split("."))
     for candidate in (path.with_suffix(".py"), path / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -39,11 +39,11 @@ def imports_of(path: Path) -> set[str]:
     return names
 
 
-def closure(*entries: str) -> list[Path]:
+def closure(*entries: str, root: Path = ROOT) -> list[Path]:
     """Project files reachable from the modules `entries` by imports (sorted; packages' __init__ left out)."""
     todo, seen = list(entries), set()
     while todo:
-        f = module_file(todo.pop())
+        f = module_file(todo.pop(), root)
         if f is None or f in seen:
             continue
         seen.add(f)
@@ -52,9 +52,9 @@ def closure(*entries: str) -> list[Path]:
 
 
 @cache
-def code_digest(*entries: str) -> str:
+def code_digest(*entries: str, root: Path = ROOT) -> str:
     """sha256 over the bytes of every file of :func:`closure` (names included), once per process."""
     h = hashlib.sha256()
-    for f in closure(*entries):
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in closure(*entries, root=root):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()

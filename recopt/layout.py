@@ -93,6 +93,11 @@ def run_facts_path(paths: Any, name: str) -> Path:
     return Path(paths.runs) / f"{name}.json"
 
 
+def plots_template_path(paths: Any) -> Path:
+    """The offline `dvc plots` HTML template (recopt.plots), outside every artifact."""
+    return Path(paths.runs) / "plots" / "offline_template.html"
+
+
 def safe_name(text: str) -> str:
     """`text` as one file-name component: letters, digits and `=.-_` kept, anything else `_`."""
     return "".join(ch if ch.isalnum() or ch in "=.-_" else "_" for ch in text)
@@ -127,7 +132,7 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
 
 
 def sweep_file(sweep_dir: Path, name: str) -> Path:
-    """A sweep's comparison (`comparison.csv`, `comparison.md`)."""
+    """A sweep's comparison (`comparison.csv`, `comparison.md`, `alpha_curve.png`)."""
     return sweep_dir / name
 
 

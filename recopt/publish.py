@@ -11,6 +11,7 @@ differ in alpha differ in ``dvc exp show``.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from pathlib import Path
@@ -151,7 +152,7 @@ def write_dvc_metrics(cfg: Config, outcome: FoldOutcome) -> None:
     write_text_atomic(metrics_path(cfg.paths, "curve", outcome.fold), _curve(outcome).write_csv())
 
 
-def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, Comparison]], family: str,
+def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, Comparison | None]], family: str,
            start_ms: int, ds: tracking.DatasetInfo) -> tracking.RunRecord:
     label = run_label(r)
     files = [mlflow_scratch(cfg.paths, family, label, "slices"), mlflow_scratch(cfg.paths, family, label, "per_user")]
@@ -163,7 +164,8 @@ def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, C
     for row in rows:
         m |= {f"{row['slice']}.{k}": row[k] for k in metrics.shown_in(metrics.SLICE)} | {f"{row['slice']}.users": row["users"]}
     for metric_name, c in intervals.get(id(r), {}).items():
-        m |= {f"vs_alpha_star.{metric_name}.{k}": getattr(c, k) for k in ("diff", "diff_lo", "diff_hi")}
+        m |= {f"vs_alpha_star.{metric_name}.{k}": (getattr(c, k) if c is not None else 0.0)  # alpha* itself: 0
+              for k in ("diff", "diff_lo", "diff_hi")}
     cold = [p.part for p in r.pieces[1:]] if r.main.kind == PartKind.ALPHA else []
     params = {**(r.config or tracking.config_params(cfg)), "alpha": r.alpha if r.alpha is not None else "none",
               "role": r.role.value, "parts": ", ".join(part_label(p.part) for p in r.pieces),
@@ -178,22 +180,26 @@ def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, C
 
 def track(cfg: Config, data: EvalData, runs: list[Run], *, root: Path, kind: str, started: float, finished: float,
           chosen_alpha: float | None, family: str | None = None,
-          intervals: list[tuple[Run, dict[str, Comparison]]] = ()) -> float:  # type: ignore[assignment]
+          intervals: list[tuple[Run, dict[str, Comparison]]] = (),  # type: ignore[assignment]
+          facts: tuple[dict[str, float], dict[str, str]] = ({}, {})) -> float:
     """Log an evaluation to MLflow: a parent (`<dataset> · <kind> · <held-out>`, the chosen run's headline
-    metrics, the report, plot and tables under `root`) with a child per run. Returns the seconds it took."""
+    metrics, the report, plot and tables under `root`, and `facts`: more (metrics, tags) of the parent, e.g.
+    the stability of the choices and the gates) with a child per run. Returns the seconds it took."""
     t = time.perf_counter()
     ds = dataset_info(data)
     family = family or f"dvc-{data.fold}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     start_ms = int(started * 1000)
-    against = {id(x): c for x, c in intervals}
+    against: dict[int, dict[str, Comparison | None]] = {id(x): dict(c) for x, c in intervals}
+    if intervals:
+        against |= {id(r): dict.fromkeys(intervals[0][1]) for r in runs if r.role == Role.ALPHA_STAR}
     children = [_child(cfg, data, r, against, family, start_ms, ds) for r in runs]
     chosen = [r for r in runs if r.role in (Role.ALPHA_STAR, Role.SWEEP_BEST)]
     parent = tracking.RunRecord(
         name=f"{ds.name} · {kind} · {HELDOUT[data.fold]}", start_ms=start_ms, end_ms=int(finished * 1000),
         params={**tracking.config_params(cfg), "alpha": chosen_alpha if chosen_alpha is not None else "none",
                 "fold": data.fold},
-        metrics=dict(chosen[0].summary) if chosen else {},
-        tags={tracking.SWEEP_TAG: family, "recopt.fold": data.fold, "recopt.kind": kind},
+        metrics=(dict(chosen[0].summary) if chosen else {}) | facts[0],
+        tags={tracking.SWEEP_TAG: family, "recopt.fold": data.fold, "recopt.kind": kind} | facts[1],
         artifacts=[p for p in sorted(root.iterdir()) if p.suffix in (".md", ".png", ".csv", ".json")])
     tracking.log_family(cfg, parent, children, ds)
     return round(time.perf_counter() - t, 3)
@@ -219,11 +225,34 @@ def print_summary(cfg: Config, outcome: FoldOutcome, report_path: Path) -> None:
           flush=True)
 
 
+def parent_facts(outcome: FoldOutcome) -> tuple[dict[str, float], dict[str, str]]:
+    """What the MLflow parent of a fold carries besides alpha*'s metrics: how stable each choice is, and on
+    test every gate's verdict and lift, overall and per slice."""
+    sel = outcome.selection
+    st = sel.stability
+    metrics_ = {"alpha_star_share": sel.alpha_star_share, "alpha_star_range_lo": st.alpha_range[0],
+                "alpha_star_range_hi": st.alpha_range[1], "alphas_tried": float(len(sel.alpha.tried)),
+                "baseline_share": dict(st.baseline).get(sel.baseline, 0.0), "cold_rule_share": dict(st.cold).get(sel.cold, 0.0)}
+    tags = {"recopt.alpha_star_at_edge": str(sel.alpha.edge is not None)}
+    if outcome.gates is not None:
+        for name, g in (("gate1", outcome.gates.gate1), ("gate2", outcome.gates.gate2)):
+            tags[f"recopt.{name}"] = g.verdict
+            if "recall@10" in g.comparisons:
+                c = g.comparisons["recall@10"]
+                metrics_ |= {f"{name}.lift": c.lift, f"{name}.lift_lo": c.lift_lo, f"{name}.lift_hi": c.lift_hi,
+                             f"{name}.diff": c.diff, f"{name}.diff_lo": c.diff_lo, f"{name}.diff_hi": c.diff_hi}
+        for slice_name, (verdict, c) in outcome.gates.gate1.per_slice.items():
+            tags[f"recopt.gate1.{slice_name}"] = verdict
+            metrics_ |= {f"gate1.{slice_name}.lift": c.lift, f"gate1.{slice_name}.lift_lo": c.lift_lo,
+                         f"gate1.{slice_name}.lift_hi": c.lift_hi}
+    return {k: v for k, v in metrics_.items() if math.isfinite(v)}, tags
+
+
 def publish_fold(cfg: Config, outcome: FoldOutcome, out: Output) -> None:
     """After the artifact is committed: the DVC metrics files, MLflow, the run facts, the console."""
     write_dvc_metrics(cfg, outcome)
     seconds = track(cfg, outcome.data, outcome.runs, root=out.root, kind="dvc", started=outcome.started,
                     finished=outcome.finished, chosen_alpha=outcome.selection.alpha.chosen,
-                    intervals=outcome.intervals)
+                    intervals=outcome.intervals, facts=parent_facts(outcome))
     add_run_facts(out, mlflow_s=seconds)
     print_summary(cfg, outcome, out.root / "report.md")

@@ -214,9 +214,9 @@ def report_markdown(fold: str, table: pl.DataFrame, slices: pl.DataFrame, cold: 
 
 
 def plot_alpha_curve(curves: dict[str, pl.DataFrame], baselines: dict[str, float], alpha_star: float | None,
-                     path: Path) -> None:
-    """Recall@10, NDCG@10 and coverage@10 against alpha per fold; baselines as horizontal lines; alpha*
-    marked."""
+                     path: Path, baselines_on: str = "test") -> None:
+    """Recall@10, NDCG@10 and coverage@10 against alpha per held-out split; baselines (measured on
+    `baselines_on`) as horizontal lines; alpha* marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -230,7 +230,7 @@ def plot_alpha_curve(curves: dict[str, pl.DataFrame], baselines: dict[str, float
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, value) in enumerate(baselines.items()):
         axes[0].axhline(value, color=colours[(i + 2) % len(colours)], linestyle=":", linewidth=1.2,
-                        label=f"{name} (test)")
+                        label=f"{name} ({baselines_on})")
     for ax, title in zip(axes, ("Recall@10", "NDCG@10", "coverage@10")):
         if alpha_star is not None:
             ax.axvline(alpha_star, color="grey", linewidth=1, label="alpha* (validation)" if ax is axes[0] else None)

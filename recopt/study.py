@@ -26,6 +26,7 @@ import numpy as np
 
 from recopt import comparisons
 from recopt.artifacts import ArtifactError, open_artifact
+from recopt.baselines import check_names
 from recopt.comparisons import Comparison, Gates
 from recopt.config import SLICES, Config
 from recopt.errors import RecoptError
@@ -33,6 +34,7 @@ from recopt.evaluate import EvalData, PartResult, PassResult, evaluate_parts, lo
 from recopt.gates import enforce
 from recopt.methods import Part, PartKind
 from recopt.rng import stage_rng
+from recopt.runlog import log
 from recopt.runs import Run, common_users, join, summarise, user_slices
 from recopt.selection import (AlphaSearch, ColdRule, ReferenceChoice, Role, Selection, Stability, choose, edge,
                               next_alphas)
@@ -65,6 +67,16 @@ class FoldOutcome:
     @property
     def checkpoints(self) -> dict[Part, object]:
         return {part: path for p in self.passes for part, path in p.checkpoints.items()}
+
+
+def preflight(cfg: Config) -> None:
+    """What the evaluate stage checks before any work: the baselines named exist (ConfigError), and a
+    candidate cap below the list length is said, with the numbers (lists are then shorter)."""
+    check_names(cfg.evaluate.baselines)
+    if cfg.candidates.c_max < cfg.rerank.k_final:
+        log.warning("candidates.c_max=%d is below rerank.k_final=%d: every pool-ranked list holds at most %d "
+                    "items (raise candidates.c_max to get lists of %d)", cfg.candidates.c_max, cfg.rerank.k_final,
+                    cfg.candidates.c_max, cfg.rerank.k_final)
 
 
 def grid(cfg: Config) -> list[float]:

@@ -28,7 +28,7 @@ from recopt.evaluate import EvalData, evaluate_parts, load_eval_data
 from recopt.layout import dump_json, job_file, save_arrays, sweep_file, sweep_jobs, write_text_atomic
 from recopt.methods import Part, PartKind
 from recopt.publish import track
-from recopt.report import console_table, runs_table, to_markdown
+from recopt.report import console_table, plot_alpha_curve, runs_table, to_markdown
 from recopt.runs import Piece, Run, common_users, join, restrict, summarise
 from recopt.selection import ColdRule, Role, choose, config_cold_rule, run_label
 from recopt.study import read_selection
@@ -115,6 +115,13 @@ def compare_sweep(cfg: Config, sweep_dir: Path, kind: str = "sweep") -> pl.DataF
                        ).with_columns(users_compared=pl.lit(len(users)))
     write_text_atomic(sweep_file(sweep_dir, "comparison.csv"), table.write_csv())
     write_text_atomic(sweep_file(sweep_dir, "comparison.md"), to_markdown(table) + "\n")
+    jobs_done = [r for r in compared if r.role in (Role.SWEEP_BEST, Role.SWEEP_JOB)]
+    if jobs_done:  # recall against alpha, for the MLflow parent (the compare view's chart)
+        curve = pl.DataFrame([{"alpha": r.alpha, **{m: r.summary[m] for m in ("recall@10", "ndcg@10", "coverage@10")}}
+                              for r in jobs_done]).sort("alpha")
+        plot_alpha_curve({HELDOUT[fold]: curve}, {run_label(r): r.summary["recall@10"] for r in compared
+                                                  if r.role == Role.BASELINE}, best.alpha if best else None,
+                         sweep_file(sweep_dir, "alpha_curve.png"), baselines_on=HELDOUT[fold])
     started = min(info["started"] for _, info in loaded)
     track(cfg, data, compared, root=sweep_dir, kind=kind, family=f"hydra-{sweep_dir.name}", started=started,
           finished=time.time(), chosen_alpha=best.alpha if best is not None else None)

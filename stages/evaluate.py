@@ -17,12 +17,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from recopt.artifacts import output
-from recopt.baselines import check_names
 from recopt.config import Config, load_config
 from recopt.errors import RecoptError
 from recopt.layout import job_dir
 from recopt.publish import publish_fold, write_artifact
-from recopt.study import run_test, run_tune
+from recopt.study import preflight, run_test, run_tune
 from recopt.sweep import compare_sweep, evaluate_job
 from stages._entry import Invocation, guarded, run
 
@@ -69,7 +68,7 @@ def _each_value_once(task: list[str]) -> None:
 
 
 def main(cfg: Config, how: Invocation) -> Any:
-    check_names(cfg.evaluate.baselines)
+    preflight(cfg)
     fold = how.fold or cfg.evaluate.fold
     if how.mode == "params":
         if how.fold is None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,18 @@ def copy_repo(dest: Path) -> Path:
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
+
+
+def chromium_dom(page: Path, budget_ms: int = 15000) -> str:
+    """The DOM headless Chromium builds for a local page, with every network service off (skips the test
+    when Chromium is not installed: `apt-get install -y chromium`)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                               "--disable-component-update", "--disable-sync", "--no-first-run",
+                               "--proxy-server=127.0.0.1:9", f"--user-data-dir={profile}",
+                               f"--virtual-time-budget={budget_ms}", "--dump-dom", page.resolve().as_uri()],
+                              capture_output=True, text=True, timeout=120)
+    return proc.stdout

@@ -331,3 +331,29 @@ def test_the_evaluate_artifact_is_the_same_bytes_computed_or_resumed(built: Conf
     fresh = digests()
     main(cfg, Invocation(mode="params", fold="tune"))  # every part resumes from its checkpoints now
     assert digests() == fresh
+
+
+# --------------------------------------------------------------------------- checkpoints keyed by the code
+
+
+def test_checkpoints_are_keyed_by_every_module_a_batch_imports(tmp_path: Path):
+    """A change to any module a batch runs (candidates' collab_scores, rng's keyed draws, ...) must
+    invalidate the checkpoints; a module a batch never imports must not."""
+    from recopt.closure import ROOT, closure, code_digest
+    from recopt.evaluate import CODE_ENTRIES
+
+    files = {str(f.relative_to(ROOT)) for f in closure(*CODE_ENTRIES)}
+    assert {"recopt/candidates.py", "recopt/rng.py", "recopt/baselines.py", "recopt/scoring.py", "recopt/rerank.py",
+            "recopt/kernels.py", "recopt/metrics.py", "recopt/keys.py", "recopt/references.py"} <= files
+    copy = tmp_path / "tree"
+    shutil.copytree(ROOT / "recopt", copy / "recopt")
+    base = code_digest(*CODE_ENTRIES, root=copy)
+    assert base == code_digest(*CODE_ENTRIES)
+    for name in ("candidates.py", "rng.py", "baselines.py"):
+        code_digest.cache_clear()
+        (copy / "recopt" / name).write_text((ROOT / "recopt" / name).read_text() + "\n# changed\n")
+        assert code_digest(*CODE_ENTRIES, root=copy) != base, name
+        (copy / "recopt" / name).write_text((ROOT / "recopt" / name).read_text())
+    (copy / "recopt" / "ingest.py").write_text((ROOT / "recopt" / "ingest.py").read_text() + "\n# changed\n")
+    code_digest.cache_clear()
+    assert code_digest(*CODE_ENTRIES, root=copy) == base  # ingest is not something a batch runs

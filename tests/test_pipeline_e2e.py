@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, needs_ml_small, run_cmd, tool_env
+from tests.conftest import chromium_dom, copy_repo, needs_ml_small, run_cmd, tool_env
 
 pytestmark = pytest.mark.e2e
 
@@ -77,6 +77,7 @@ def test_console_ends_with_the_table_the_verdicts_and_the_report(tiny_run: tuple
 
 
 def test_dvc_exp_show_lists_the_metrics_of_each_experiment(tiny_repo: Path) -> None:
+    run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny", "-n", "alpha-05"], tiny_repo)
     run_cmd(["dvc", "exp", "run", "-S", "data.preset=tiny", "-S", "alpha=0.8", "-n", "alpha-08"], tiny_repo)
     shown = json.loads(run_cmd(["dvc", "exp", "show", "--json"], tiny_repo).stdout)
     experiments = [e for row in shown for e in (row.get("experiments") or [])]
@@ -87,17 +88,28 @@ def test_dvc_exp_show_lists_the_metrics_of_each_experiment(tiny_repo: Path) -> N
             metrics = data.get("metrics", {}).get("metrics/test.json", {}).get("data", {})
             if metrics:
                 found[rev.get("name") or data.get("name")] = metrics
-    assert "alpha-08" in found
+    assert {"alpha-05", "alpha-08"} <= set(found)
     for block in ("alpha", "alpha_star"):
         for m in ("recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10"):
             assert isinstance(found["alpha-08"][block][m], float)
-    # the experiment that set alpha=0.8 reports alpha=0.8's run, whatever alpha* is
-    assert found["alpha-08"]["alpha"]["value"] == 0.8
-    base = json.loads((tiny_repo / "metrics/test.json").read_text())
-    diff = json.loads(run_cmd(["dvc", "metrics", "diff", "HEAD", "alpha-08", "--json"], tiny_repo).stdout)
+    # experiments that differ in alpha differ in what they report: each reports its own alpha's run
+    assert (found["alpha-05"]["alpha"]["value"], found["alpha-08"]["alpha"]["value"]) == (0.5, 0.8)
+    assert found["alpha-05"]["alpha"]["recall@10"] != found["alpha-08"]["alpha"]["recall@10"]
+    diff = json.loads(run_cmd(["dvc", "metrics", "diff", "alpha-05", "alpha-08", "--json"], tiny_repo).stdout)
     changed = diff.get("metrics/test.json", {})
     assert "alpha.value" in changed and "alpha.recall@10" in changed, changed
-    assert base["alpha"]["recall@10"] != found["alpha-08"]["alpha"]["recall@10"]
+
+
+def test_dvc_plots_render_without_a_network(tiny_repo: Path) -> None:
+    """`python -m recopt plots HEAD alpha-08`: DVC's page with Vega inlined, drawn by headless Chromium with
+    its network off (no CDN script can load, so a blank page would have no chart)."""
+    out = run_cmd(["python", "-m", "recopt", "plots", "HEAD", "alpha-08", "--out", "plots_offline"], tiny_repo).stdout
+    page = Path(out.strip().removeprefix("file://"))
+    html = page.read_text()
+    assert "cdn.jsdelivr" not in html and not re.search(r"<script[^>]+src=", html)
+    dom = chromium_dom(page)
+    assert dom.count('class="marks"') >= 2, dom[-2000:]  # one chart per alpha curve (tune, test)
+    assert "alpha-08" in dom
 
 
 def test_changing_alpha_reruns_only_evaluate(tiny_repo: Path) -> None:
