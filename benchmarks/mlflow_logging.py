@@ -1,6 +1,6 @@
 """How long recopt's MLflow logging takes for one evaluation, on a fresh temporary SQLite store.
 
-    python benchmarks/mlflow_logging.py [--children 40] [--metrics 200] [--repeat 2]
+    python benchmarks/mlflow_logging.py [--children 40] [--metrics 200] [--repeat 3]
 
 A synthetic family like an evaluation's: a parent with the report's files and `--children` child
 runs, each with `--metrics` metrics, the flattened config as params, a few tags, the input
