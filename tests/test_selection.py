@@ -161,7 +161,8 @@ def _selection() -> Selection:
         baseline_recall={"popularity": 0.2, "cf_only": 0.27}, cold_comparator="content_only",
         references={"ease": ReferenceChoice(Part(PartKind.REFERENCE, 200.0, "ease"), 278, {50.0: 0.25, 200.0: 0.27},
                                             items_covered=580),
-                    "itemknn": ReferenceChoice(Part(PartKind.REFERENCE, 50.0, "itemknn"), 278, {20.0: 0.2, 50.0: 0.24})},
+                    "itemknn": ReferenceChoice(Part(PartKind.REFERENCE, 50.0, "itemknn"), 278,
+                                               {20.0: 0.2, 50.0: 0.24})},
         stability=Stability(samples=1000, alpha=((0.2, 0.25), (0.275, 0.6), (0.35, 0.15)), alpha_range=(0.2, 0.35),
                             baseline=(("popularity", 0.1), ("cf_only", 0.9)), cold=((plain, 0.3), (fold_in, 0.7))))
 

@@ -107,7 +107,8 @@ def test_dvc_metrics_hold_the_configured_alphas_run_next_to_alpha_stars(tuned, t
     cfg, out = tuned
     docs = {}
     for alpha in (0.5, 0.65):  # two configs differing only in alpha (both on the grid)
-        c = dataclasses.replace(cfg, alpha=alpha, paths=dataclasses.replace(cfg.paths, metrics=str(tmp_path / str(alpha))))
+        paths = dataclasses.replace(cfg.paths, metrics=str(tmp_path / str(alpha)))
+        c = dataclasses.replace(cfg, alpha=alpha, paths=paths)
         write_dvc_metrics(c, out)
         docs[alpha] = json.loads(metrics_path(c.paths, "metrics", "tune").read_text())
     assert out.selection.alpha.chosen not in docs  # alpha* is neither, so the blocks must differ
