@@ -80,6 +80,14 @@ CASES = {
         [1, 0, 1], 4, 5, (1 / 2, 2 / 5, 5 / 12, 1.5 / (1.5 + 1 / LOG2_3 + 1 / LOG2_5), 1, 1)
     ),
     "no relevant items": ([0, 0], 0, 2, (0, 0, 0, 0, 0, 0)),
+    # |relevant| = 12 > k = 10 (what catches a denominator of |relevant| where min(k, |relevant|) is due):
+    # hits at ranks 1, 3, 10 (and 12, past k): recall 3/12, AP = (1/1 + 2/3 + 3/10) / min(10, 12),
+    # DCG = 1 + 1/log2(4) + 1/log2(11), IDCG over min(10, 12) ranks = sum_{r=1..10} 1/log2(r + 1)
+    "|relevant| > k": ([1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1], 12, 10, (
+        3 / 12, 3 / 10, (1 + 2 / 3 + 3 / 10) / 10,
+        (1 + 1 / 2 + 1 / math.log2(11)) / sum(1 / math.log2(r + 1) for r in range(1, 11)), 1, 1)),
+    # every one of the top 10 relevant, 12 relevant: AP and NDCG are perfect, recall is not
+    "|relevant| > k, perfect top k": ([1] * 12, 12, 10, (10 / 12, 1, 1, 1, 1, 1)),
 }
 
 
