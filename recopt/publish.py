@@ -181,10 +181,11 @@ def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, C
 def track(cfg: Config, data: EvalData, runs: list[Run], *, root: Path, kind: str, started: float, finished: float,
           chosen_alpha: float | None, family: str | None = None,
           intervals: list[tuple[Run, dict[str, Comparison]]] = (),  # type: ignore[assignment]
-          facts: tuple[dict[str, float], dict[str, str]] = ({}, {})) -> float:
+          facts: tuple[dict[str, float], dict[str, str]] = ({}, {})) -> tuple[float, str]:
     """Log an evaluation to MLflow: a parent (`<dataset> · <kind> · <held-out>`, the chosen run's headline
     metrics, the report, plot and tables under `root`, and `facts`: more (metrics, tags) of the parent, e.g.
-    the stability of the choices and the gates) with a child per run. Returns the seconds it took."""
+    the stability of the choices and the gates) with a child per run. Returns the seconds it took and the
+    link that opens the parent as a training run."""
     t = time.perf_counter()
     ds = dataset_info(data)
     family = family or f"dvc-{data.fold}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -201,11 +202,11 @@ def track(cfg: Config, data: EvalData, runs: list[Run], *, root: Path, kind: str
         metrics=(dict(chosen[0].summary) if chosen else {}) | facts[0],
         tags={tracking.SWEEP_TAG: family, "recopt.fold": data.fold, "recopt.kind": kind} | facts[1],
         artifacts=[p for p in sorted(root.iterdir()) if p.suffix in (".md", ".png", ".csv", ".json")])
-    tracking.log_family(cfg, parent, children, ds)
-    return round(time.perf_counter() - t, 3)
+    logged = tracking.log_family(cfg, parent, children, ds)
+    return round(time.perf_counter() - t, 3), tracking.run_url(logged.experiment_id, logged.parent_id)
 
 
-def print_summary(cfg: Config, outcome: FoldOutcome, report_path: Path) -> None:
+def print_summary(cfg: Config, outcome: FoldOutcome, report_path: Path, parent_url: str) -> None:
     heldout = HELDOUT[outcome.fold]
     sel = outcome.selection
     print(f"\nevaluate@{outcome.fold} — runs on {heldout}, every evaluated user "
@@ -221,8 +222,12 @@ def print_summary(cfg: Config, outcome: FoldOutcome, report_path: Path) -> None:
         for line in report.gate_lines(outcome.gates, cfg.evaluate.gate_min_lift):
             print(line)
     print(f"report: {report_path}")
-    print(f"MLflow: `mlflow ui --backend-store-uri {cfg.paths.mlflow_uri}`, then {tracking.ui_url(cfg)}\n",
-          flush=True)
+    print_mlflow_links(cfg, parent_url)
+
+
+def print_mlflow_links(cfg: Config, parent_url: str) -> None:
+    print(f"MLflow: `mlflow ui --backend-store-uri {cfg.paths.mlflow_uri}`, then {tracking.ui_url(cfg)}\n"
+          f"        this evaluation: {parent_url}\n", flush=True)
 
 
 def parent_facts(outcome: FoldOutcome) -> tuple[dict[str, float], dict[str, str]]:
@@ -251,8 +256,8 @@ def parent_facts(outcome: FoldOutcome) -> tuple[dict[str, float], dict[str, str]
 def publish_fold(cfg: Config, outcome: FoldOutcome, out: Output) -> None:
     """After the artifact is committed: the DVC metrics files, MLflow, the run facts, the console."""
     write_dvc_metrics(cfg, outcome)
-    seconds = track(cfg, outcome.data, outcome.runs, root=out.root, kind="dvc", started=outcome.started,
-                    finished=outcome.finished, chosen_alpha=outcome.selection.alpha.chosen,
-                    intervals=outcome.intervals, facts=parent_facts(outcome))
+    seconds, url = track(cfg, outcome.data, outcome.runs, root=out.root, kind="dvc", started=outcome.started,
+                         finished=outcome.finished, chosen_alpha=outcome.selection.alpha.chosen,
+                         intervals=outcome.intervals, facts=parent_facts(outcome))
     add_run_facts(out, mlflow_s=seconds)
-    print_summary(cfg, outcome, out.root / "report.md")
+    print_summary(cfg, outcome, out.root / "report.md", url)

@@ -27,7 +27,7 @@ from recopt.errors import RecoptError
 from recopt.evaluate import EvalData, evaluate_parts, load_eval_data
 from recopt.layout import dump_json, job_file, save_arrays, sweep_file, sweep_jobs, write_text_atomic
 from recopt.methods import Part, PartKind
-from recopt.publish import track
+from recopt.publish import print_mlflow_links, track
 from recopt.report import console_table, plot_alpha_curve, runs_table, to_markdown
 from recopt.runs import Piece, Run, common_users, join, restrict, summarise
 from recopt.selection import ColdRule, Role, choose, config_cold_rule, run_label
@@ -123,12 +123,11 @@ def compare_sweep(cfg: Config, sweep_dir: Path, kind: str = "sweep") -> pl.DataF
                                                   if r.role == Role.BASELINE}, best.alpha if best else None,
                          sweep_file(sweep_dir, "alpha_curve.png"), baselines_on=HELDOUT[fold])
     started = min(info["started"] for _, info in loaded)
-    track(cfg, data, compared, root=sweep_dir, kind=kind, family=f"hydra-{sweep_dir.name}", started=started,
-          finished=time.time(), chosen_alpha=best.alpha if best is not None else None)
+    _, url = track(cfg, data, compared, root=sweep_dir, kind=kind, family=f"hydra-{sweep_dir.name}",
+                   started=started, finished=time.time(), chosen_alpha=best.alpha if best is not None else None)
     print(f"\n{kind} on {HELDOUT[fold]} — compared on the {len(users)} users every run finished "
           "(* = best complete alpha)")
     print(console_table(compared, best))
     print(f"comparison: {sweep_file(sweep_dir, 'comparison.csv')}")
-    print(f"MLflow: `mlflow ui --backend-store-uri {cfg.paths.mlflow_uri}`, then {tracking.ui_url(cfg)}\n",
-          flush=True)
+    print_mlflow_links(cfg, url)
     return table

@@ -46,7 +46,7 @@ from typing import Any, Iterator
 
 from recopt.config import Config
 from recopt.errors import RecoptError
-from recopt.metrics import mlflow_key
+from recopt.metrics import VIEW, mlflow_key, shown_in
 
 log = logging.getLogger("recopt")
 
@@ -55,7 +55,7 @@ KIND_TAG = "mlflow.experimentKind"
 KIND = "custom_model_development"
 WORKFLOW = "workflowType=machine_learning"  # the UI's training-runs view, whatever the browser last chose
 VIEW_TAG = "mlflow.sharedViewState.recopt"  # the UI's saved-view tag prefix + this view's id
-VIEW_METRICS = ("recall_at_10", "map_at_10", "ndcg_at_10", "coverage_at_10", "novelty_at_10", "pool_recall")
+VIEW_METRICS = tuple(mlflow_key(m) for m in shown_in(VIEW))  # recopt.metrics' registry, in its order
 VIEW_PARAMS = ("alpha", "fold")
 VIEW_TAGS = ("recopt.chosen",)
 PROGRESS_EVERY_S = 5.0
