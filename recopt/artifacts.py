@@ -26,7 +26,6 @@ and DVC skips what did not change.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,7 +39,8 @@ import numpy as np
 import polars as pl
 
 from recopt.errors import RecoptError
-from recopt.layout import (MANIFEST, artifact_dir, dump_json, dvc_name, file_name, label, pool_part,
+from recopt.hashstate import sha256_file
+from recopt.layout import (MANIFEST, artifact_dir, dump_json, dvc_name, file_name, label, part_name,
                            run_facts_path, write_text_atomic)
 from recopt.runlog import log, peak_rss_mb
 
@@ -71,9 +71,6 @@ class ArtifactError(RecoptError):
 
 
 
-def sha256_file(path: Path) -> str:
-    with Path(path).open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 
@@ -157,8 +154,9 @@ class Stored:
         inputs it records (and so its manifest's bytes) do not."""
         self.read.update(self.manifest["files"])
 
-    def pool(self, batch: int) -> Path:
-        rel = pool_part(batch)
+    def part(self, name: str, key: int | str) -> Path:
+        """Path of part `key` of parted file `name` (a pool batch, a run's lists); counted as read."""
+        rel = part_name(self.stage, name, key)
         self.read.add(rel)
         return self.root / rel
 
@@ -296,9 +294,9 @@ class Output:
         """Staging path of declared file `name`."""
         return self._staged(file_name(self.stage, name, self.fold))
 
-    def pool(self, batch: int) -> Path:
-        """Staging path of the pool part of user batch `batch` (candidates)."""
-        return self._staged(pool_part(batch))
+    def part(self, name: str, key: int | str) -> Path:
+        """Staging path of part `key` of parted file `name` (recopt.layout.PARTS)."""
+        return self._staged(part_name(self.stage, name, key))
 
     def _staged(self, rel: str) -> Path:
         p = self.staging / rel

@@ -25,7 +25,6 @@ import numpy as np
 from recopt.config import HELDOUT
 
 MANIFEST = "manifest.json"
-POOL_PATTERN = "pools/part-{batch:05d}.parquet"
 
 # logical name -> file name, per stage; "{heldout}" is the fold's held-out split
 LAYOUT: dict[str, dict[str, str]] = {
@@ -40,9 +39,14 @@ LAYOUT: dict[str, dict[str, str]] = {
                 "item_has_cf": "item_has_cf.npy", "user_ids": "user_ids.npy", "item_ids": "item_ids.npy"},
     "candidates": {"users": "users.parquet", "items": "items.parquet", "assembly": "assembly.json"},
     "evaluate": {"runs": "runs.csv", "slices": "slices.csv", "per_user": "per_user.parquet",
-                 "lists": "lists.parquet", "selection": "selection.json", "gates": "gates.json",
+                 "selection": "selection.json", "gates": "gates.json",
                  "report": "report.md", "plot": "alpha_curve.png", "tuning_results": "tuning_results.csv",
                  "intervals": "intervals.csv"},
+}
+# files of an artifact that come in parts, named by a key: a pool part per user batch, a lists part per run
+PARTS: dict[str, dict[str, str]] = {
+    "candidates": {"pools": "pools/part-{key:05d}.parquet"},
+    "evaluate": {"lists": "lists/{key}.parquet"},
 }
 FOLDED = {"split", "embed_load", "cf_load", "candidates", "evaluate"}
 # small git-tracked files DVC compares across experiments (`dvc exp show`, `dvc plots diff`), per fold
@@ -78,9 +82,9 @@ def file_name(stage: str, name: str, fold: str | None = None) -> str:
     return LAYOUT[stage][name].format(heldout=HELDOUT.get(fold or "", ""))
 
 
-def pool_part(batch: int) -> str:
-    """The pool part of user batch `batch`, relative to the candidates artifact."""
-    return POOL_PATTERN.format(batch=batch)
+def part_name(stage: str, name: str, key: int | str) -> str:
+    """The file of part `key` of `stage`'s parted file `name`, relative to the artifact (:data:`PARTS`)."""
+    return PARTS[stage][name].format(key=key)
 
 
 def metrics_path(paths: Any, name: str, fold: str) -> Path:

@@ -43,17 +43,18 @@ POOL_COLUMNS = ("item", "content", "provider", "source")
 
 def read_pool(store: Stored, batch: int, sizes: NDArray[np.int64], users: NDArray[np.int64]) -> dict[str, NDArray]:
     """Pool batch `batch` as flat arrays, with the `user` column restored from pool sizes."""
-    table = pq.read_table(store.pool(batch))
+    path = store.part("pools", batch)
+    table = pq.read_table(path)
     cols = {name: table[name].to_numpy() for name in POOL_COLUMNS}
     if int(np.sum(sizes)) != len(cols["item"]):
-        raise RuntimeError(f"{store.pool(batch)}: {len(cols['item'])} rows, users.parquet says {int(np.sum(sizes))}")
+        raise RuntimeError(f"{path}: {len(cols['item'])} rows, users.parquet says {int(np.sum(sizes))}")
     cols["user"] = np.repeat(np.asarray(users, dtype=np.int32), sizes)
     return cols
 
 
 def _write_batch(b: Batch, out: Output, batch: int) -> None:
     table = pa.table({"item": b.item, "content": b.content, "provider": b.provider, "source": b.source})
-    pq.write_table(table, out.pool(batch), compression="zstd",
+    pq.write_table(table, out.part("pools", batch), compression="zstd",
                    row_group_size=1 << 22, use_byte_stream_split=["content", "provider"])
 
 
@@ -147,7 +148,7 @@ def run_candidates(cfg: Config, fold: str) -> dict[str, Any]:
             "pool_recall": round(float(with_rel["pool_recall"].mean() or 0.0), 4),
             "pool_recall_by_slice": {s: round(float(v), 4) for s, v in with_rel.group_by("slice").agg(
                 pl.col("pool_recall").mean()).sort("slice").iter_rows()},
-            "store_bytes": sum(out.pool(b).stat().st_size for b in range(len(batches))),
+            "store_bytes": sum(out.part("pools", b).stat().st_size for b in range(len(batches))),
         }
     log.info("candidates@%s: %d users, mean pool %.0f, pool recall %.3f", fold, len(eval_users),
              out.summary["pool_size"]["mean"], out.summary["pool_recall"])

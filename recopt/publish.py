@@ -3,7 +3,8 @@ recopt.tracking) and the console.
 
 The artifact (``evaluate@<fold>``): runs.csv, tuning_results.csv, slices.csv,
 selection.json, report.md, alpha_curve.png; on test also gates.json, intervals.csv,
-lists.parquet (every run's lists, streamed from the checkpoints) and per_user.parquet.
+lists/ (every run's lists, one parquet part per run, streamed from the checkpoints; a part
+the artifact in place already holds is linked, not written again) and per_user.parquet.
 ``metrics/<fold>.json`` holds the headline figures a person compares across DVC
 experiments: the run of the configured ``alpha`` next to alpha*'s, so experiments that
 differ in alpha differ in ``dvc exp show``.
@@ -11,7 +12,10 @@ differ in alpha differ in ``dvc exp show``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +30,9 @@ from recopt import metrics, report, tracking
 from recopt.artifacts import Output, add_run_facts, open_artifact
 from recopt.config import HELDOUT, Config
 from recopt.evaluate import EvalData, load_part
-from recopt.layout import checkpoint_file, dump_json, metrics_path, mlflow_scratch, write_text_atomic
+from recopt.layout import MANIFEST, checkpoint_file, dump_json, metrics_path, mlflow_scratch, write_text_atomic
+from recopt.hashstate import sha256_file
+from recopt.runlog import Progress
 from recopt.comparisons import Comparison
 from recopt.methods import PartKind
 from recopt.runs import Run, combine, slice_summaries
@@ -42,38 +48,69 @@ def dataset_info(data: EvalData) -> tracking.DatasetInfo:
     return tracking.DatasetInfo(name=name, source=source, digest=data.split.digest)
 
 
-def _lists(out: Output, outcome: FoldOutcome) -> None:
-    """lists.parquet (userId, run, rank, movieId, score), streamed batch by batch from the checkpoints;
-    each run's rows assembled as its summaries were (recopt.runs.combine)."""
-    data, runs = outcome.data, outcome.runs
+def lists_key(run: Run, outcome: FoldOutcome) -> str:
+    """What a run's lists part holds, as a key: its label, and for each piece its checkpoint folder (keyed
+    by the store, the split, the factors, the part, the config and the code) and slice, over the batches.
+    Two evaluations that give a run the same key write the same bytes for it."""
+    dirs = outcome.checkpoints
+    doc = {"run": run_label(run), "pieces": [[dirs[p.part].name, p.slice] for p in run.pieces],
+           "batches": outcome.passes[0].done, "format": 1}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _reuse(out: Output, rel: str) -> bool:
+    """Hard-link part `rel` of the artifact in place into the staging folder when that artifact's manifest
+    vouches for its bytes (the same key means the same content); False when there is none to reuse."""
+    old = out.root / rel
+    try:
+        entry = json.loads((out.root / MANIFEST).read_text())["files"].get(rel)
+        if entry is None or old.stat().st_size != entry["bytes"] or sha256_file(old) != entry["sha256"]:
+            return False
+        os.link(old, out.staging / rel)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _lists(out: Output, outcome: FoldOutcome) -> dict[str, int]:
+    """lists/<key>.parquet, one part per run (userId, run, rank, movieId, score), streamed batch by batch
+    from the checkpoints; each run's rows assembled as its summaries were (recopt.runs.combine). A part
+    whose key the artifact in place already holds is linked, not written again: a new alpha writes one
+    part. Returns how many parts were written and reused."""
+    data, dirs = outcome.data, outcome.checkpoints
     movie_ids = data.items["movieId"].to_numpy()
     users = data.users.sort("user")
     uid_sorted, uid_vals = users["user"].to_numpy(), users["userId"].to_numpy()
-    dirs = outcome.checkpoints
-    names = pa.array([run_label(r) for r in runs])  # one dictionary for every batch's run column
-    writer = None
-    for b in outcome.passes[0].done:
-        chunk = {}
-        frames = []
-        for index, r in enumerate(runs):
-            for piece in r.pieces:
-                if piece.part not in chunk:
-                    chunk[piece.part] = load_part(checkpoint_file(dirs[piece.part], b))
-            ids, arrays = combine([(chunk[p.part].users, {"lists": chunk[p.part].lists, "scores": chunk[p.part].scores},
-                                    p.slice) for p in r.pieces], data)
-            ok = arrays["lists"] >= 0
-            rows, ranks = np.nonzero(ok)
-            frames.append(pa.table({
-                "userId": uid_vals[np.searchsorted(uid_sorted, ids)][rows].astype(np.int32),
-                "run": pa.DictionaryArray.from_arrays(np.full(len(rows), index, np.int32), names),
-                "rank": (ranks + 1).astype(np.int16), "movieId": movie_ids[arrays["lists"][ok]].astype(np.int32),
-                "score": arrays["scores"][ok]}))
-        table = pa.concat_tables(frames).combine_chunks()
-        if writer is None:
-            writer = pq.ParquetWriter(out.path("lists"), table.schema, compression="zstd")
-        writer.write_table(table.cast(writer.schema))
-    if writer is not None:
-        writer.close()
+    todo: dict[int, tuple[Run, Path]] = {}
+    for r in outcome.runs:
+        path = out.part("lists", lists_key(r, outcome))
+        if not _reuse(out, str(path.relative_to(out.staging))):
+            todo[id(r)] = (r, path)
+    writers: dict[int, pq.ParquetWriter] = {}
+    with Progress(len(outcome.passes[0].done), f"evaluate@{outcome.fold} lists ({len(todo)} runs)", "batches") as bar:
+        for b in outcome.passes[0].done:
+            chunk: dict = {}
+            for key, (r, path) in todo.items():
+                for piece in r.pieces:
+                    if piece.part not in chunk:
+                        chunk[piece.part] = load_part(checkpoint_file(dirs[piece.part], b))
+                ids, arrays = combine([(chunk[p.part].users, {"lists": chunk[p.part].lists,
+                                                              "scores": chunk[p.part].scores}, p.slice)
+                                       for p in r.pieces], data)
+                ok = arrays["lists"] >= 0
+                rows, ranks = np.nonzero(ok)
+                table = pa.table({
+                    "userId": uid_vals[np.searchsorted(uid_sorted, ids)][rows].astype(np.int32),
+                    "run": pa.DictionaryArray.from_arrays(np.zeros(len(rows), np.int32), [run_label(r)]),
+                    "rank": (ranks + 1).astype(np.int16), "movieId": movie_ids[arrays["lists"][ok]].astype(np.int32),
+                    "score": arrays["scores"][ok]})
+                if key not in writers:
+                    writers[key] = pq.ParquetWriter(path, table.schema, compression="zstd")
+                writers[key].write_table(table)
+            bar.update()
+    for w in writers.values():
+        w.close()
+    return {"lists_parts_written": len(todo), "lists_parts_reused": len(outcome.runs) - len(todo)}
 
 
 def per_user_frame(runs: list[Run], data: EvalData) -> pl.DataFrame:
@@ -105,7 +142,7 @@ def write_artifact(out: Output, cfg: Config, outcome: FoldOutcome) -> dict[str, 
         table.write_csv(out.path(name))
     out.json("selection", sel.to_json())
     curves = {HELDOUT[outcome.fold]: _curve(outcome)}
-    intervals = None
+    intervals, parts = None, {}
     if outcome.fold == "test":
         tune = open_artifact(cfg.paths, "evaluate", "tune", reader="evaluate@test", config=cfg)
         out.uses(tune)
@@ -114,7 +151,7 @@ def write_artifact(out: Output, cfg: Config, outcome: FoldOutcome) -> dict[str, 
         out.json("gates", report.gates_json(outcome.gates, cfg.evaluate.gate_min_lift))
         intervals = report.intervals_table(outcome.intervals, outcome.star)
         intervals.write_csv(out.path("intervals"))
-        _lists(out, outcome)
+        parts = _lists(out, outcome)
         out.parquet("per_user", per_user_frame(runs, data))
     base = {run_label(r): r.summary["recall@10"] for r in outcome.find(Role.BASELINE_BEST, Role.BASELINE)} \
         if outcome.fold == "test" else {}
@@ -125,7 +162,7 @@ def write_artifact(out: Output, cfg: Config, outcome: FoldOutcome) -> dict[str, 
     out.summary = {"selection": sel.to_json(), "runs": len(runs), "users_eval": int(outcome.star.summary["users_eval"])}
     out.timings = {f"pass{i}": p.seconds for i, p in enumerate(outcome.passes)} | \
         {f"fit:{k}": v for p in outcome.passes for k, v in p.fit_seconds.items()} | \
-        {f"alpha_time_sec:{run_label(r)}": r.seconds for r in runs}
+        {f"alpha_time_sec:{run_label(r)}": r.seconds for r in runs} | parts
     return tables
 
 
@@ -133,22 +170,30 @@ def _headline(run: Run) -> dict[str, Any]:
     return {m: round(run.summary[m], 6) for m in metrics.shown_in(metrics.HEADLINE)}
 
 
+# each fold's figures under a name of its own, so every key is unique across the two files and `dvc exp show`
+# titles a column by the key alone (`test.alpha.recall@10`, not `metrics/test.json:alpha.recall@10`)
+METRICS_ROOT = {"tune": "val", "test": "test"}
+
+
 def write_dvc_metrics(cfg: Config, outcome: FoldOutcome) -> None:
-    """metrics/<fold>.json (the configured alpha's run and alpha*'s, the choices' stability, the gates) and
-    metrics/<fold>_alpha_curve.csv: small, git-tracked, compared by `dvc exp show`, `dvc metrics diff`,
-    `dvc plots diff`."""
+    """metrics/<fold>.json and metrics/<fold>_alpha_curve.csv: small, git-tracked, compared by `dvc exp show`,
+    `dvc metrics diff`, `dvc plots diff`. The json holds the headline figures only: the run of the configured
+    `alpha` (so experiments that differ in alpha differ here), alpha*'s run with the share of resamples it
+    wins, its cold-slice recall, and on test the gate verdicts and gate 1's lift."""
     sel, star = outcome.selection, outcome.star
     mine = next(r for r in outcome.find(*ALPHA_ROLES) if r.alpha == cfg.alpha)
     cold = [s for s in slice_summaries(star, outcome.data) if s["slice"] == "cold"][0]
-    doc: dict[str, Any] = {"alpha": {"value": cfg.alpha, **_headline(mine)},
-                           "alpha_star": {"value": sel.alpha.chosen, "share": round(sel.alpha_star_share, 4),
-                                          **_headline(star), "cold_recall@10": round(cold["recall@10"], 6)}}
+    block: dict[str, Any] = {"alpha": _headline(mine),
+                             "star": {"alpha": sel.alpha.chosen, "share": round(sel.alpha_star_share, 4),
+                                      **_headline(star), "cold_recall@10": round(cold["recall@10"], 6)}}
+    if outcome.fold == "tune":
+        block["star"]["at_edge"] = sel.alpha.edge is not None
     if outcome.gates is not None:
         g1, g2 = outcome.gates.gate1, outcome.gates.gate2
-        doc["gate1"] = g1.verdict
-        doc["gate1_lift"] = round(g1.comparisons["recall@10"].lift, 6) if "recall@10" in g1.comparisons else None
-        doc["gate2"] = g2.verdict
-    write_text_atomic(metrics_path(cfg.paths, "metrics", outcome.fold), dump_json(doc))
+        block["gate1"] = g1.verdict
+        block["gate1_lift"] = round(g1.comparisons["recall@10"].lift, 6) if "recall@10" in g1.comparisons else None
+        block["gate2"] = g2.verdict
+    write_text_atomic(metrics_path(cfg.paths, "metrics", outcome.fold), dump_json({METRICS_ROOT[outcome.fold]: block}))
     write_text_atomic(metrics_path(cfg.paths, "curve", outcome.fold), _curve(outcome).write_csv())
 
 

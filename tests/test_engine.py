@@ -165,7 +165,7 @@ def _pool_tables(cfg: Config, fold: str) -> list:
     from recopt.artifacts import open_artifact
 
     store = open_artifact(cfg.paths, "candidates", fold, reader="test")
-    return [pq.read_table(store.pool(b)) for b in range(store.summary["n_batches"])]
+    return [pq.read_table(store.part("pools", b)) for b in range(store.summary["n_batches"])]
 
 
 def test_candidate_stores_are_identical_with_one_and_two_workers(tiny_built: Config, tmp_path):

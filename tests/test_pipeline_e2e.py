@@ -20,6 +20,9 @@ pytestmark = pytest.mark.e2e
 
 USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10", "alpha_timed_out"]
 FOLD_STAGES = ("embed-load", "cf-load", "candidates", "evaluate")
+# the README's `dvc exp show` recipes (between its <!-- exp-show --> marker and the end of that block)
+README_RECIPES = [line for line in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+                  .split("<!-- exp-show -->", 1)[1].split("```", 2)[1].splitlines() if line.startswith("dvc exp show")]
 
 
 def _client(repo: Path):
@@ -64,7 +67,7 @@ def test_dvc_pipeline_builds_both_folds_and_every_output(tiny_repo: Path) -> Non
     assert any(n.startswith("adaptive") for n in chosen) and any(n.startswith("reference=ease") for n in chosen)
     gates = json.loads((tiny_repo / "data/evaluate/test/gates.json").read_text())
     assert gates["gate1"]["verdict"] in ("PASS", "INCONCLUSIVE", "FAIL")
-    lists = pl.read_parquet(tiny_repo / "data/evaluate/test/lists.parquet")
+    lists = pl.read_parquet(tiny_repo / "data/evaluate/test/lists/*.parquet")
     assert lists.group_by("run", "userId").agg(pl.col("rank").max())["rank"].max() == 50
     assert "up to date" in run_cmd(["dvc", "status"], tiny_repo).stdout
 
@@ -89,15 +92,28 @@ def test_dvc_exp_show_lists_the_metrics_of_each_experiment(tiny_repo: Path) -> N
             if metrics:
                 found[rev.get("name") or data.get("name")] = metrics
     assert {"alpha-05", "alpha-08"} <= set(found)
-    for block in ("alpha", "alpha_star"):
+    for block in ("alpha", "star"):
         for m in ("recall@10", "map@10", "ndcg@10", "coverage@10", "novelty@10"):
-            assert isinstance(found["alpha-08"][block][m], float)
+            assert isinstance(found["alpha-08"]["test"][block][m], float)
     # experiments that differ in alpha differ in what they report: each reports its own alpha's run
-    assert (found["alpha-05"]["alpha"]["value"], found["alpha-08"]["alpha"]["value"]) == (0.5, 0.8)
-    assert found["alpha-05"]["alpha"]["recall@10"] != found["alpha-08"]["alpha"]["recall@10"]
+    assert found["alpha-05"]["test"]["alpha"]["recall@10"] != found["alpha-08"]["test"]["alpha"]["recall@10"]
     diff = json.loads(run_cmd(["dvc", "metrics", "diff", "alpha-05", "alpha-08", "--json"], tiny_repo).stdout)
     changed = diff.get("metrics/test.json", {})
-    assert "alpha.value" in changed and "alpha.recall@10" in changed, changed
+    assert "test.alpha.recall@10" in changed, changed
+
+
+@pytest.mark.parametrize("recipe", README_RECIPES)
+def test_the_readmes_dvc_exp_show_recipes_fit_120_columns(tiny_repo: Path, recipe: str) -> None:
+    """The README's `dvc exp show` lines print every column they keep, untruncated, in 120 columns."""
+    env = tool_env() | {"COLUMNS": "120"}
+    proc = subprocess.run(["bash", "-c", recipe + " --no-pager"], cwd=tiny_repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "…" not in proc.stdout and max(len(line) for line in lines) <= 120, proc.stdout
+    assert "alpha-08" in proc.stdout and "alpha-05" in proc.stdout
+    header = next(line for line in lines if "Experiment" in line)
+    assert ("test.alpha.recall@10" in header) or ("val.star.alpha" in header), header
 
 
 def test_dvc_plots_render_without_a_network(tiny_repo: Path) -> None:
@@ -241,7 +257,7 @@ def test_dvc_pipeline_on_movielens_sample(tmp_path: Path) -> None:
     tuning = pl.read_csv(repo / "data/evaluate/test/tuning_results.csv")
     assert tuning.height >= 3 and (tuning["recall@10"] > 0).all()
     metrics = json.loads((repo / "metrics/test.json").read_text())
-    assert metrics["alpha_star"]["value"] in tuning["alpha"].to_list()
+    assert metrics["test"]["star"]["alpha"] in tuning["alpha"].to_list()
 
 
 def test_an_optuna_search_maximises_validation_recall(tiny_repo: Path) -> None:

@@ -110,19 +110,21 @@ def test_dvc_metrics_hold_the_configured_alphas_run_next_to_alpha_stars(tuned, t
         paths = dataclasses.replace(cfg.paths, metrics=str(tmp_path / str(alpha)))
         c = dataclasses.replace(cfg, alpha=alpha, paths=paths)
         write_dvc_metrics(c, out)
-        docs[alpha] = json.loads(metrics_path(c.paths, "metrics", "tune").read_text())
+        doc = json.loads(metrics_path(c.paths, "metrics", "tune").read_text())
+        assert list(doc) == ["val"]  # the fold's own root: keys unique across the folds' files
+        docs[alpha] = doc["val"]
     assert out.selection.alpha.chosen not in docs  # alpha* is neither, so the blocks must differ
     for alpha, doc in docs.items():
         mine = [r for r in out.runs if r.role in ALPHA_ROLES and r.main == Part(PartKind.ALPHA, alpha)]
-        assert doc["alpha"]["value"] == alpha and len(mine) == 1
+        assert len(mine) == 1
         for metric, value in _headline(mine[0]).items():
             assert doc["alpha"][metric] == pytest.approx(value, abs=1e-6)
-        star = doc["alpha_star"]
-        assert star["value"] == out.selection.alpha.chosen
+        star = doc["star"]
+        assert star["alpha"] == out.selection.alpha.chosen
         for metric, value in _headline(out.star).items():
             assert star[metric] == pytest.approx(value, abs=1e-6)
         cold = np.isin(out.star.users, out.data.users.filter(pl.col("slice") == "cold")["user"].to_numpy())
         assert cold.any() and star["cold_recall@10"] == pytest.approx(out.star.per_user["recall@10"][cold].mean(),
                                                                       abs=1e-6)
         assert star["share"] == pytest.approx(out.selection.alpha_star_share, abs=1e-4)
-    assert docs[0.5]["alpha"] != docs[0.65]["alpha"] and docs[0.5]["alpha_star"] == docs[0.65]["alpha_star"]
+    assert docs[0.5]["alpha"] != docs[0.65]["alpha"] and docs[0.5]["star"] == docs[0.65]["star"]
