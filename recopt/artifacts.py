@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recopt.errors import RecoptError
+from recopt.errors import ArtifactError
+from recopt.outputs import (MANIFEST, artifact_dir, check_replaceable, explain_write_failure, label, leftover_pid,
+                            staging_name)
 from recopt.runlog import log, peak_rss_mb
 
-MANIFEST = "manifest.json"
 FORMAT = 2
-FOLDS = ("tune", "test")
 HELDOUT = {"tune": "validation", "test": "test"}  # what each fold scores on
 POOL_PATTERN = "pools/part-{batch:05d}.parquet"
 
@@ -65,7 +65,6 @@ LAYOUT: dict[str, dict[str, str]] = {
                  "report": "report.md", "plot": "alpha_curve.png", "tuning_results": "tuning_results.csv",
                  "intervals": "intervals.csv"},
 }
-FOLDED = {"split", "embed_load", "cf_load", "candidates", "evaluate"}
 # The config keys each stage's output depends on: dvc.yaml's params of the stage minus paths and
 # engine, which never change a result (tests/test_dvc_deps.py checks that the two agree).
 PARAMS: dict[str, tuple[str, ...]] = {
@@ -80,28 +79,10 @@ PARAMS: dict[str, tuple[str, ...]] = {
 METRICS = {"metrics": "{fold}.json", "curve": "{fold}_alpha_curve.csv"}
 
 
-class ArtifactError(RecoptError):
-    """An input artifact that cannot be trusted, or an output that cannot be written."""
-
-
 def dvc_name(stage: str, fold: str | None = None) -> str:
     """The DVC stage that builds an artifact: `embed-load@tune`, `ingest`, `split`."""
     name = stage.replace("_", "-")
     return f"{name}@{fold}" if fold and stage != "split" else name
-
-
-def label(stage: str, fold: str | None) -> str:
-    return f"{stage}@{fold}" if fold else stage
-
-
-def artifact_dir(paths: Any, stage: str, fold: str | None = None) -> Path:
-    """Folder of a stage's artifact: paths.<stage>, plus /<fold> for folded stages."""
-    if (stage in FOLDED) != (fold is not None):
-        raise ValueError(f"{stage}: fold {'required' if stage in FOLDED else 'not allowed'}")
-    if fold is not None and fold not in FOLDS:
-        raise ValueError(f"fold must be one of {FOLDS}, got {fold!r}")
-    root = Path(getattr(paths, stage))
-    return root / fold if fold else root
 
 
 def file_name(stage: str, name: str, fold: str | None = None) -> str:
@@ -139,12 +120,20 @@ def dump_json(data: Any) -> str:
     return json.dumps(data, indent=2, default=_jsonable) + "\n"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file outside the artifacts (run facts, checkpoints' index) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_text_atomic(path: Path, text: str, key: str | None = None) -> None:
+    """Write a file outside the artifacts (run facts, metrics, sweep job results) atomically.
+
+    Raises ArtifactError (the previous file whole) when the write fails; `key` is the config key
+    that names the file's folder, for the fix."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        why = explain_write_failure(err, path, key, written=(tmp, path))
+        raise ArtifactError(f"{why}; the previous {path.name}, if any, is untouched") from None
 
 
 def param_values(config: Any, keys: Any) -> dict[str, Any]:
@@ -307,37 +296,42 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
 
 
 def _sweep_leftovers(root: Path) -> None:
-    """Remove staging / old folders next to `root` left by runs that were killed (their process is gone)."""
+    """Remove the staging / old folders of `root` left by runs that were killed (their process is gone);
+    nothing else, whatever its name."""
     import psutil
 
-    for p in root.parent.glob(f".{root.name}.*-*-*"):
-        kind, _, rest = p.name[len(root.name) + 2:].partition("-")
-        pid = rest.split("-")[0]
-        if kind in ("staging", "old") and pid.isdigit() and not psutil.pid_exists(int(pid)):
+    for p in root.parent.iterdir():
+        pid = leftover_pid(p, root.name)
+        if pid is not None and not psutil.pid_exists(pid):
             shutil.rmtree(p, ignore_errors=True)
 
 
 class Output:
-    """A stage's artifact being written: files go to a staging folder until :meth:`commit`."""
+    """A stage's artifact being written: files go to a staging folder until :meth:`commit`.
 
-    def __init__(self, paths: Any, stage: str, fold: str | None, runs_dir: Path, params: dict[str, Any]) -> None:
-        self.stage, self.fold, self.params = stage, fold, params
-        self.root = artifact_dir(paths, stage, fold)
-        self.staging = self.root.parent / f".{self.root.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    Before any work it refuses an output folder the stage may not replace (`recopt.outputs`); a write
+    that fails inside it (disk full, file-size limit, permissions; from any library) ends in one
+    ArtifactError, with the staging folder removed and the previous artifact whole."""
+
+    def __init__(self, cfg: Any, stage: str, fold: str | None) -> None:
+        self.stage, self.fold, self.cfg = stage, fold, cfg
+        self.params = param_values(cfg, PARAMS[stage])
+        self.root = artifact_dir(cfg.paths, stage, fold)
+        check_replaceable(cfg, stage, fold)
+        self.staging = self.root.parent / staging_name(self.root.name, "staging")
         self.inputs: dict[str, str] = {}
         self.sources: list[Stored] = []
         self.summary: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
-        self.runs_dir = runs_dir
+        self.runs_dir = Path(cfg.paths.runs)
         self.started = time.perf_counter()
         try:
             self.root.parent.mkdir(parents=True, exist_ok=True)
             _sweep_leftovers(self.root)
             self.staging.mkdir()
         except OSError as err:
-            raise ArtifactError(f"{label(stage, fold)}: cannot write its output folder {self.root.parent}: "
-                                f"{err.strerror or err} — make the folder writable, or set paths.{stage} "
-                                "to a folder you can write") from None
+            self._fail(err, (self.staging,))
+            raise
 
     @property
     def label(self) -> str:
@@ -373,7 +367,8 @@ class Output:
         self.path(name).write_text(text, encoding="utf-8")
 
     def commit(self) -> dict[str, Any]:
-        """Hash every file, write the manifest last, then swap the staging folder into place."""
+        """Hash every file, write the manifest last and the run facts, then swap the staging folder into
+        place (after checking again that what is there is still this stage's to replace)."""
         files = {}
         for p in sorted(self.staging.rglob("*")):
             if p.is_file():
@@ -388,15 +383,21 @@ class Output:
                     "inputs": dict(sorted(self.inputs.items())), "params": dict(sorted(params.items())),
                     "summary": self.summary}
         (self.staging / MANIFEST).write_text(dump_json(manifest), encoding="utf-8")
-        old = self.root.parent / f".{self.root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        if self.root.exists():
-            os.replace(self.root, old)
-        os.replace(self.staging, self.root)
-        shutil.rmtree(old, ignore_errors=True)
         facts = {"stage": self.label, "wall_s": round(time.perf_counter() - self.started, 3),
                  "steps_s": self.timings, "peak_rss_mb": round(peak_rss_mb(), 1),
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_text_atomic(self.runs_dir / f"{self.label}.json", dump_json(facts))
+        write_text_atomic(self.runs_dir / f"{self.label}.json", dump_json(facts), "paths.runs")
+        check_replaceable(self.cfg, self.stage, self.fold)
+        old = self.root.parent / staging_name(self.root.name, "old")
+        if self.root.exists():
+            os.replace(self.root, old)
+        try:
+            os.replace(self.staging, self.root)
+        except OSError:
+            if old.exists():
+                os.replace(old, self.root)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
         log.info("%s: wrote %s (%d files) in %.1f s, peak RSS %.0f MiB", self.label, self.root, len(files),
                  facts["wall_s"], facts["peak_rss_mb"])
         return manifest
@@ -404,27 +405,27 @@ class Output:
     def abandon(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
 
+    def _fail(self, err: BaseException, written: tuple[Path, ...]) -> None:
+        """Remove the staging folder; a failed write becomes the one clean ArtifactError (else return)."""
+        self.abandon()
+        why = explain_write_failure(err, self.root, f"paths.{self.stage}", written)
+        if why is not None:
+            raise ArtifactError(f"{self.label}: {why}; the previous artifact, if any, is untouched") from None
+
     def __enter__(self) -> Output:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except OSError as err:
-                self.abandon()
-                raise ArtifactError(f"{self.label}: cannot write {self.root}: {err.strerror or err} — make "
-                                    f"the folder writable, or set paths.{self.stage} to a folder you can write"
-                                    ) from None
-        else:
-            self.abandon()
-            if isinstance(exc, OSError) and str(self.staging) in str(exc.filename or ""):
-                # a write into the staging folder failed (permissions, disk full): one clear message
-                raise ArtifactError(f"{self.label}: cannot write {self.root}: {exc.strerror or exc} — free space "
-                                    f"or make the folder writable (or set paths.{self.stage}); the previous "
-                                    "artifact, if any, is untouched") from None
+        if exc is not None:
+            self._fail(exc, (self.staging,))
+            return
+        try:
+            self.commit()
+        except Exception as err:
+            self._fail(err, (self.staging, self.root))
+            raise
 
 
 def output(cfg: Any, stage: str, fold: str | None = None) -> Output:
     """Start writing the artifact of `stage` (at `fold`); use as a context manager."""
-    return Output(cfg.paths, stage, fold, Path(cfg.paths.runs), param_values(cfg, PARAMS[stage]))
+    return Output(cfg, stage, fold)

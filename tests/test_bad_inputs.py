@@ -261,8 +261,8 @@ CASES = [
          overrides=("data.preset=tiny",), prepare="built",
          mutate=lambda root: (root / "data/candidates/tune/users.parquet").write_bytes(
              (root / "data/candidates/tune/users.parquet").read_bytes()[:-10]), argv=("--fold", "tune")),
-    Case("unwritable-output", "split", [r"split@test: cannot write its output folder .*/data/split",
-                                        r"make the folder writable, or set paths\.split"],
+    Case("unwritable-output", "split", [r"paths\.split=.*/data/split/test: .*/data/split is an existing file",
+                                        r"fix: set paths\.split to a new or empty folder"],
          overrides=("data.preset=tiny",), prepare="ingest",  # (root ignores chmod: a file where the folder goes)
          mutate=lambda root: (root / "data/split").write_text("not a folder")),
     Case("built-with-other-params", "evaluate",
