@@ -8,6 +8,7 @@ catalogue stays fast; test_clean_errors_in_real_processes checks the same path a
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import runpy
 import shutil
@@ -59,10 +60,14 @@ def ml_folder(root: Path, **files: str | bytes | None) -> Path:
     return folder
 
 
+def path_overrides(root: Path) -> list[str]:
+    """Every path under `root` (the stages' folders under root/data), as overrides."""
+    return [*(f"paths.{k}={root}/data/{k}" for k in STAGE_DIRS), f"paths.mlflow_uri=sqlite:///{root}/mlruns/mlflow.db",
+            f"paths.mlflow_artifacts={root}/mlruns/artifacts"]
+
+
 def params_file(root: Path, *overrides: str, edit: Callable[[dict], None] | None = None) -> Path:
-    raw = compose([*(f"paths.{k}={root}/data/{k}" for k in STAGE_DIRS),
-                   f"paths.mlflow_uri=sqlite:///{root}/mlruns/mlflow.db",
-                   f"paths.mlflow_artifacts={root}/mlruns/artifacts", "candidates.batch_users=64", *overrides])
+    raw = compose([*path_overrides(root), "candidates.batch_users=64", *overrides])
     if edit is not None:
         edit(raw)
     path = root / "params.yaml"
@@ -363,3 +368,187 @@ def test_ml_latest_small_reads_after_each_check(tmp_path: Path, capsys: pytest.C
     code, err = run_stage("ingest", ["--params", str(params)], capsys)
     assert code == 0, err
     assert pl.read_parquet(tmp_path / "data/ingest/ratings.parquet").height == 100_836
+
+
+# ---- where recopt writes: a stage replaces only nothing, an empty folder or its own artifact; no output is
+# equal to, inside or around an input or another output; with --params every output is inside the repository.
+# Each case is a real process; every file under the case's folder (the user's files, the repository, the built
+# artifacts) and next to it must be byte-identical afterwards, and nothing may be added.
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file (sha256), folder and link under `root`."""
+    found = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        found[rel] = ("link:" + str(p.readlink()) if p.is_symlink() else "dir" if p.is_dir()
+                      else hashlib.sha256(p.read_bytes()).hexdigest())
+    return found
+
+
+def user_files(root: Path) -> None:
+    """A user's things next to the pipeline: a MovieLens folder, a folder of notes, a file, a link."""
+    ml_folder(root)
+    (root / "user" / "sub").mkdir(parents=True)
+    (root / "user" / "notes.txt").write_text("my notes\n")
+    (root / "user" / "sub" / "more.txt").write_text("more\n")
+    (root / "file.txt").write_text("a file\n")
+    (root / "link").symlink_to(root / "user")
+    (root / "conf").mkdir()  # the repository's own folder (params mode: the folder of the params file)
+    (root / "conf" / "config.yaml").write_text("seed: 1\n")
+
+
+@dataclass
+class Where:
+    id: str
+    stage: str
+    expect: list[str]
+    overrides: Callable[[Path], list[str]]   # given the case's folder
+    hydra: bool = False                       # Hydra mode (`key=value` on the command line), else --params
+    argv: tuple[str, ...] = ()
+    prepare: str | None = None                # a built state copied to data/ first
+    setup: Callable[[Path], None] | None = None
+
+
+def _ml(root: Path) -> list[str]:
+    return [ML, f"data.path={root}/ml"]
+
+
+WHERE = [
+    Where("ingest-over-its-input", "ingest", [r"paths\.ingest=\S*/ml is the same path as data\.path=\S*/ml",
+                                              r"paths\.ingest=\S*/ml is a folder recopt did not write \(it holds "
+                                              r"movies\.csv, ratings\.csv, tags\.csv and no ingest manifest\.json\)",
+                                              r"fix: set paths\.ingest to a new or empty folder"],
+          lambda r: [*_ml(r), f"paths.ingest={r}/ml"]),
+    Where("ingest-over-a-user-folder", "ingest", [r"paths\.ingest=\S*/user is a folder recopt did not write \(it "
+                                                  r"holds notes\.txt, sub/ and no ingest manifest\.json\)",
+                                                  r"fix: set paths\.ingest to a new or empty folder, or move"],
+          lambda r: [f"paths.ingest={r}/user", "data.preset=tiny"]),
+    Where("ingest-onto-a-file", "ingest", [r"paths\.ingest=\S*/file\.txt is an existing file",
+                                           r"fix: set paths\.ingest to a new or empty folder"],
+          lambda r: [f"paths.ingest={r}/file.txt", "data.preset=tiny"]),
+    Where("ingest-onto-a-link", "ingest", [r"paths\.ingest=\S*/link \(\S*/user\) is a symbolic link",
+                                           r"fix: set paths\.ingest to a new or empty folder"],
+          lambda r: [f"paths.ingest={r}/link", "data.preset=tiny"]),
+    Where("ingest-inside-its-input", "ingest", [r"paths\.ingest=\S*/ml/out is inside data\.path=\S*/ml — fix: set "
+                                                r"paths\.ingest to a folder of its own"],
+          lambda r: [*_ml(r), f"paths.ingest={r}/ml/out"]),
+    Where("ingest-around-its-input", "ingest", [r"paths\.ingest=\S*/box contains data\.path=\S*/box/ml"],
+          lambda r: [ML, f"data.path={r}/box/ml", f"paths.ingest={r}/box"],
+          setup=lambda r: shutil.copytree(r / "ml", r / "box" / "ml")),
+    Where("ingest-over-downloads", "ingest", [r"paths\.ingest=\S*/data/downloads is the same path as "
+                                              r"paths\.downloads"],
+          lambda r: ["data=download", "data.release=ml-latest-small", f"paths.ingest={r}/data/downloads"]),
+    Where("ingest-inside-the-repository-conf", "ingest", [r"paths\.ingest=\S*/conf/ingest is inside the "
+                                                          r"repository's \S*/conf"],
+          lambda r: [f"paths.ingest={r}/conf/ingest", "data.preset=tiny"]),
+    Where("ingest-around-the-params-file", "ingest", [r"paths\.ingest=\S+ contains the repository's \S*/params\.yaml"],
+          lambda r: [f"paths.ingest={r}", "data.preset=tiny"]),
+    Where("ingest-outside-the-repository", "ingest", [r"paths\.ingest=\S*-outside/ingest is outside the repository",
+                                                      r"fix: set paths\.ingest to a folder inside the repository"],
+          lambda r: [f"paths.ingest={r}-outside/ingest", "data.preset=tiny"]),
+    Where("runs-over-the-input", "ingest", [r"paths\.runs=\S*/ml is the same path as data\.path"],
+          lambda r: [*_ml(r), f"paths.runs={r}/ml"]),
+    Where("runs-onto-a-file", "ingest", [r"paths\.runs=\S*/file\.txt is an existing file"],
+          lambda r: [f"paths.runs={r}/file.txt", "data.preset=tiny"]),
+    Where("split-inside-ingest", "split", [r"paths\.split=\S*/data/ingest/test is inside paths\.ingest=\S*/data/ingest"],
+          lambda r: [f"paths.split={r}/data/ingest", "data.preset=tiny"], prepare="ingest"),
+    Where("own-artifact-with-a-user-file", "ingest", [r"paths\.ingest=\S*/data/ingest holds files its ingest manifest "
+                                                      r"does not list, which recopt did not write: notes\.txt"],
+          lambda r: ["data.preset=tiny"], prepare="ingest",
+          setup=lambda r: (r / "data/ingest/notes.txt").write_text("mine\n")),
+    Where("cf-load-over-embeddings", "cf_load", [r"paths\.cf_load=\S*/data/embed_load/test holds the artifact of "
+                                                 r"embed_load@test, not of cf_load@test",
+                                                 r"paths\.cf_load=\S*/data/embed_load/test is the same path as "
+                                                 r"paths\.embed_load"],
+          lambda r: [f"paths.cf_load={r}/data/embed_load", "data.preset=tiny"], argv=("--fold", "test"),
+          prepare="built"),
+    Where("precomputed-vectors-in-the-output", "embed_load",
+          [r"paths\.embed_load=\S*/data/embed_load/test contains embed_load\.vectors=\S*/embeddings\.npy"],
+          lambda r: ["data.preset=tiny", "embed_load.encoder=precomputed",
+                     f"embed_load.vectors={r}/data/embed_load/test/embeddings.npy"], argv=("--fold", "test"),
+          prepare="built"),
+    Where("metrics-inside-the-input", "evaluate", [r"paths\.metrics=\S*/ml/metrics is inside data\.path"],
+          lambda r: [*_ml(r), f"paths.metrics={r}/ml/metrics"], argv=("--fold", "tune")),
+    Where("checkpoints-in-an-artifact", "evaluate", [r"paths\.checkpoints=\S*/data/candidates/tune is the same path "
+                                                     r"as paths\.candidates"],
+          lambda r: [f"paths.checkpoints={r}/data/candidates/tune", "data.preset=tiny"], argv=("--fold", "tune"),
+          prepare="built"),
+    Where("mlflow-artifacts-over-the-input", "evaluate", [r"paths\.mlflow_artifacts=\S*/ml is the same path as "
+                                                          r"data\.path"],
+          lambda r: [*_ml(r), f"paths.mlflow_artifacts={r}/ml"], argv=("--fold", "tune")),
+    Where("mlflow-store-in-the-input", "evaluate", [r"paths\.mlflow_uri=\S*/ml is the same path as data\.path"],
+          lambda r: [*_ml(r), f"paths.mlflow_uri=sqlite:///{r}/ml/mlflow.db"], argv=("--fold", "tune")),
+    Where("hydra-ingest-over-its-input", "ingest", [r"paths\.ingest=\S*/ml is the same path as data\.path"],
+          lambda r: [*_ml(r), f"paths.ingest={r}/ml"], hydra=True),
+    Where("hydra-run-dir-in-the-input", "ingest", [r"hydra\.run\.dir=\S*/ml/run is inside data\.path=\S*/ml"],
+          lambda r: [*_ml(r), f"hydra.run.dir={r}/ml/run"], hydra=True),
+    Where("hydra-sweep-dir-in-an-artifact", "evaluate", [r"hydra\.sweep\.dir=\S*/data/evaluate/tune is the same "
+                                                         r"path as paths\.evaluate"],
+          lambda r: ["alpha=0.3,0.4", "data.preset=tiny", f"hydra.sweep.dir={r}/data/evaluate/tune"],
+          hydra=True, argv=("-m",)),
+    Where("hydra-metrics-onto-a-file", "evaluate", [r"paths\.metrics=\S*/file\.txt is an existing file"],
+          lambda r: ["alpha=0.5", f"paths.metrics={r}/file.txt", "data.preset=tiny"], hydra=True),
+]
+
+
+@pytest.mark.parametrize("case", WHERE, ids=[c.id for c in WHERE])
+def test_an_output_recopt_may_not_write_is_refused_before_any_work(case: Where, tmp_path: Path,
+                                                                   states: dict[str, Path]) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    user_files(root)
+    if case.prepare:
+        shutil.copytree(states[case.prepare], root / "data")
+    if case.setup:
+        case.setup(root)
+    overrides = case.overrides(root)
+    if case.hydra:
+        args = [*case.argv, *path_overrides(root), f"hydra.run.dir={root}/hydra-run", *overrides]
+    else:
+        args = ["--params", str(params_file(root, *overrides)), *case.argv]
+    before = tree(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", f"stages.{case.stage}", *args], cwd=ROOT, env=tool_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    for pattern in case.expect:
+        assert re.search(pattern, proc.stderr), f"{pattern!r} not in:\n{proc.stderr}"
+    assert tree(tmp_path) == before, "the refused stage changed, added or removed files"
+
+
+def test_an_empty_folder_is_written_and_a_users_leftover_lookalikes_are_kept(tmp_path: Path,
+                                                                              states: dict[str, Path]) -> None:
+    """Rules (b) and (d): an empty folder is an output; the leftover staging folder of a dead run is removed,
+    and nothing else whose name merely resembles one (a file, another pattern, a live process's folder)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ingest").mkdir()
+    leftover = tmp_path / "data" / f".ingest.staging-{dead}-0123abcd"
+    leftover.mkdir()
+    (leftover / "ratings.parquet").write_bytes(b"half")
+    kept = [tmp_path / "data" / f".ingest.old-{dead}-notes", tmp_path / "data" / f".ingest.staging-{dead}-0123abcd.d",
+            tmp_path / "data" / f".ingest.old-{os.getpid()}-0123abcd", tmp_path / "data" / f".ingest.old-{dead}-89abcdef"]
+    for p in kept[:3]:
+        p.mkdir()
+        (p / "x").write_text("mine\n")
+    kept[3].write_text("mine\n")
+    params = params_file(tmp_path, "data.preset=tiny")
+    proc = subprocess.run([sys.executable, "-m", "stages.ingest", "--params", str(params)], cwd=ROOT, env=tool_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "data/ingest/manifest.json").is_file()
+    assert not leftover.exists()
+    assert all(p.exists() for p in kept) and all((p / "x").read_text() == "mine\n" for p in kept[:3])
+
+
+def test_dvc_refuses_an_output_outside_the_repository_before_the_stage_runs(tmp_path: Path) -> None:
+    repo = copy_repo(tmp_path / "repo")
+    outside = tmp_path / "outside"
+    proc = subprocess.run(["dvc", "exp", "run", "-S", "data.preset=tiny", "-S", f"paths.ingest={outside}/ingest",
+                           "ingest"], cwd=repo, env=tool_env(), capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in text, text[-3000:]
+    assert re.search(r"paths\.ingest=\S*/outside/ingest is outside the repository", text), text[-3000:]
+    assert not outside.exists(), "the stage wrote outside the repository"
