@@ -133,7 +133,7 @@ def write_text_atomic(path: Path, text: str, key: str | None = None) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         why = explain_write_failure(err, path, key, written=(tmp, path))
-        raise ArtifactError(f"{why}; the previous {path.name}, if any, is untouched") from None
+        raise ArtifactError(f"{why}; the previous {path.name}, if any, is untouched") from err
 
 
 def param_values(config: Any, keys: Any) -> dict[str, Any]:
@@ -407,10 +407,10 @@ class Output:
 
     def _fail(self, err: BaseException, written: tuple[Path, ...]) -> None:
         """Remove the staging folder; a failed write becomes the one clean ArtifactError (else return)."""
+        why = explain_write_failure(err, self.root, f"paths.{self.stage}", written)  # before space is freed
         self.abandon()
-        why = explain_write_failure(err, self.root, f"paths.{self.stage}", written)
         if why is not None:
-            raise ArtifactError(f"{self.label}: {why}; the previous artifact, if any, is untouched") from None
+            raise ArtifactError(f"{self.label}: {why}; the previous artifact, if any, is untouched") from err
 
     def __enter__(self) -> Output:
         return self

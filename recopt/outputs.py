@@ -233,8 +233,11 @@ def check_replaceable(cfg: Any, stage: str, fold: str | None) -> None:
 
 # --------------------------------------------------------------------------- failed writes
 
-_CODES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-          errno.EFBIG: "a file reached the file-size limit"}
+# errno -> what ran out, and the fix ({elsewhere}: where else to write)
+_RAN_OUT = {errno.ENOSPC: ("the disk is full", "free space on that disk, or {elsewhere} on a disk with room"),
+            errno.EDQUOT: ("the disk quota is used up", "free space within your quota, or {elsewhere} on another disk"),
+            errno.EFBIG: ("a file reached the file-size limit", "raise the limit (`ulimit -f unlimited`), or "
+                          "{elsewhere} on a filesystem that allows larger files")}
 _TEXTS = {"No space left on device": errno.ENOSPC, "database or disk is full": errno.ENOSPC,
           "Disk quota exceeded": errno.EDQUOT, "File too large": errno.EFBIG}
 _SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")  # numpy's tofile: no errno
@@ -248,14 +251,21 @@ def _size(n: float) -> str:
     return f"{n:.0f} TiB"
 
 
-def _free(path: Path) -> int | None:
+def _space(path: Path) -> tuple[int, int] | None:
+    """(bytes free to this user, bytes in all) on the filesystem of `path` (or of its nearest existing folder)."""
     for p in (path, *path.parents):
         try:
             st = os.statvfs(p)
         except OSError:
             continue
-        return st.f_bavail * st.f_frsize
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
     return None
+
+
+def _file_limit() -> int | None:
+    """The largest file this process may write (`ulimit -f`), in bytes; None when unlimited."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if limit == resource.RLIM_INFINITY else limit
 
 
 def _related(name: Any, folders: tuple[Path, ...], *, above: bool = True) -> bool:
@@ -271,18 +281,16 @@ def _code(err: BaseException, target: Path | None, written: tuple[Path, ...]) ->
     seen: BaseException | None = None if isinstance(err, RecoptError) else err  # already explained
     while seen is not None:
         text = str(seen)
-        if isinstance(seen, OSError) and seen.errno in _CODES:
-            return seen.errno, seen.strerror or text
+        if isinstance(seen, OSError) and seen.errno in _RAN_OUT:
+            return seen.errno, os.strerror(seen.errno)
         for words, code in _TEXTS.items():
             if words in text:
                 return code, words
-        if isinstance(seen, OSError) and _SHORT_WRITE.search(text):  # find what ran out
-            free = _free(target or Path.cwd())
-            if free is not None and free < 1 << 20:
-                return errno.ENOSPC, text
-            if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
-                return errno.EFBIG, text
-            return errno.EIO, text
+        if isinstance(seen, OSError) and _SHORT_WRITE.search(text):  # what ran out: the disk, else the limit
+            space = _space(target or Path.cwd())
+            code = (errno.ENOSPC if space is not None and space[0] < 1 << 20 else
+                    errno.EFBIG if _file_limit() is not None else errno.EIO)
+            return code, f"{os.strerror(code)}: {text}"
         if isinstance(seen, OSError) and _related(seen.filename, written):
             return seen.errno or errno.EIO, seen.strerror or text
         seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
@@ -295,7 +303,7 @@ def explain_write_failure(err: BaseException, target: Path | None = None, key: s
 
     Args:
         err: the exception raised while writing (any library's).
-        target: the path being written, named when `err` names no file.
+        target: the path being written, named when `err` names no file outside `written`.
         key: the config key that names `target` (the fix says to point it elsewhere).
         written: folders being written: any OSError on a path in (or above) them is a write failure
             (permissions, a read-only disk), not only the out-of-space ones.
@@ -310,17 +318,11 @@ def explain_write_failure(err: BaseException, target: Path | None = None, key: s
     name = getattr(err, "filename", None)  # a file in a staging folder is shown as the artifact it builds
     path = Path(os.fsdecode(name)) if name and not _related(name, written, above=False) else target
     elsewhere = f"set {key} to a folder" if key else "write to a folder"
-    if code == errno.ENOSPC:
-        free = _free(path or Path.cwd())
-        cause = f"the disk is full ({text}{f'; {_size(free)} free there now' if free is not None else ''})"
-        fix = f"free space on that disk, or {elsewhere} on a disk with room"
-    elif code == errno.EDQUOT:
-        cause, fix = f"the disk quota is used up ({text})", f"free space within your quota, or {elsewhere} on another disk"
-    elif code == errno.EFBIG:
-        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        cap = f"; this process may write files of at most {_size(limit)}, `ulimit -f`" if limit != resource.RLIM_INFINITY else ""
-        cause = f"a file reached the file-size limit ({text}{cap})"
-        fix = f"raise the limit (`ulimit -f unlimited`), or {elsewhere} on a filesystem that allows larger files"
-    else:
-        cause, fix = text, f"make the folder writable, or {elsewhere} you can write"
-    return f"cannot write {path or 'a file'}: {cause} — {fix}"
+    what, fix = _RAN_OUT.get(code, (None, "make the folder writable, or {elsewhere} you can write"))
+    details = [text]
+    if code == errno.ENOSPC and (space := _space(path or Path.cwd())) is not None:
+        details.append(f"{_size(space[0])} of {_size(space[1])} free there")
+    if code == errno.EFBIG and (limit := _file_limit()) is not None:
+        details.append(f"this process may write files of at most {_size(limit)}, `ulimit -f`")
+    cause = f"{what} ({'; '.join(details)})" if what else text
+    return f"cannot write {path or 'a file'}: {cause} — {fix.format(elsewhere=elsewhere)}"

@@ -163,7 +163,9 @@ def run(main: Callable[[Config, Invocation], Any], *, hydra_overrides: tuple[str
     that only this stage registers). In Hydra mode `main`'s return value is the job's
     return value (what an optimising sweeper maximises).
     """
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: the write fails with EFBIG, cleanly
+    # a file-size limit: the write fails with EFBIG (one clean error) instead of the signal killing the stage
+    # (CPython's start-up ignores SIGXFSZ too; an embedding interpreter need not)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     stage = _stage_name(main)
     fold, argv = _take_fold(sys.argv[1:])
     if argv[:1] == ["--params"]:
