@@ -552,3 +552,21 @@ def test_dvc_refuses_an_output_outside_the_repository_before_the_stage_runs(tmp_
     assert proc.returncode != 0 and "Traceback" not in text, text[-3000:]
     assert re.search(r"paths\.ingest=\S*/outside/ingest is outside the repository", text), text[-3000:]
     assert not outside.exists(), "the stage wrote outside the repository"
+
+
+def test_a_stage_called_in_process_refuses_a_users_folder_before_reading_its_input(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library's own entry (recopt.ingest.ingest, as tests and notebooks call it) checks its output first too."""
+    from recopt import ingest as ingest_module
+    from recopt.config import ConfigError, read_params
+
+    user_files(tmp_path)
+    before = tree(tmp_path)
+    cfg = read_params(params_file(tmp_path, "data.preset=tiny", f"paths.ingest={tmp_path}/user"))
+    read = []
+    monkeypatch.setattr(ingest_module, "load_source", lambda c: read.append(c))
+    with pytest.raises(ConfigError, match=r"ingest: refuses to replace its output folder:\n  paths\.ingest=\S*/user is "
+                                          r"a folder recopt did not write"):
+        ingest_module.ingest(cfg)
+    assert not read, "the stage read its input before checking its output"
+    assert {k: v for k, v in tree(tmp_path).items() if k != "params.yaml"} == before

@@ -301,3 +301,20 @@ def test_a_file_that_appears_in_the_output_while_the_stage_runs_is_never_deleted
         ingest_module.ingest(cfg)
     assert (tmp_path / "data/ingest/notes.txt").read_text() == "mine\n"
     assert {k: v for k, v in artifacts_tree(tmp_path).items() if not k.endswith("notes.txt")} == before
+
+
+def test_a_failed_write_outside_an_artifact_is_one_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the stage entry does with a library's out-of-space error raised after the artifact (MLflow's sqlite
+    store, a metrics file): one message, exit 2; any other exception keeps its traceback."""
+    from stages._entry import guarded
+
+    def sqlite_full() -> None:
+        raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
+
+    with pytest.raises(SystemExit) as stop:
+        guarded(sqlite_full)
+    assert stop.value.code == 2
+    assert re.fullmatch(r"error: cannot write a file: the disk is full \(database or disk is full; .* free there\) — "
+                        r"free space on that disk, or write to a folder on a disk with room\n", capsys.readouterr().err)
+    with pytest.raises(ValueError):
+        guarded(lambda: int("not a write error"))
