@@ -7,13 +7,20 @@ catalogue stays fast; test_clean_errors_in_real_processes checks the same path a
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
+import io
+import json
+import lzma
 import os
 import re
 import runpy
 import shutil
 import subprocess
 import sys
+import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +46,19 @@ def ratings_with(line: int, column: int, value: str, extra: bool = False) -> str
     else:
         row[column] = value
     return "userId,movieId,rating,timestamp\n" + "".join(",".join(r) + "\n" for r in rows)
+def ratings_of(pairs: list[tuple[int, int]]) -> str:
+    """A ratings file of these (user, movie) pairs, each rated 4.0, in order of time."""
+    return "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},4.0,{1_000_000_000 + i}\n"
+                                                          for i, (u, m) in enumerate(pairs))
+
+
+def zipped(name: str, text: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(name, text)
+    return buf.getvalue()
+
+
 MOVIES = "movieId,title,genres\n" + "".join(f"{m},Movie {m} (19{50 + m}),Drama|Comedy\n" for m in range(1, 31))
 TAGS = "userId,movieId,tag,timestamp\n1,1,funny,1000000100\n2,3,dark,1000000200\n"
 
@@ -280,6 +300,40 @@ CASES = [
     Case("precomputed-missing", "embed_load", [r"vectors\.npy: does not exist", r"fix embed_load\.vectors"],
          overrides=("data.preset=tiny", "embed_load.encoder=precomputed", "embed_load.vectors=/nope/vectors.npy"),
          prepare="split", argv=("--fold", "test")),
+    # ---- the real cause: compressed files, a missing header line, data sets too degenerate to split
+    Case("gzip-named-csv", "ingest", [r"ratings\.csv: is gzip-compressed, not text", r"rename it to ratings\.csv\.gz, "
+                                      r"which is read as it is, or decompress it: gunzip -c < ratings\.csv"],
+         {"ratings_csv": gzip.compress(RATINGS.encode())}, (ML,)),
+    Case("bzip2-named-csv", "ingest", [r"movies\.csv: is bzip2-compressed, not text", r"fix: decompress it: bunzip2"],
+         {"movies_csv": bz2.compress(MOVIES.encode())}, (ML,)),
+    Case("xz-named-csv", "ingest", [r"ratings\.csv: is xz-compressed, not text", r"fix: decompress it: unxz"],
+         {"ratings_csv": lzma.compress(RATINGS.encode())}, (ML,)),
+    Case("zip-named-csv", "ingest", [r"tags\.csv: is zip-compressed, not text", r"fix: decompress it: unzip -p"],
+         {"tags_csv": zipped("tags.csv", TAGS)}, (ML,)),
+    Case("gz-name-on-text", "ingest", [r"ratings\.csv\.gz: is named \.gz but is not gzip-compressed",
+                                       r"rename it without \.gz"],
+         {"ratings_csv": None, "ratings_csv_gz": RATINGS}, (ML,)),
+    Case("gz-cut-short", "ingest", [r"ratings\.csv\.gz: is a damaged gzip file", r"fix: download or compress it again"],
+         {"ratings_csv": None, "ratings_csv_gz": gzip.compress(RATINGS.encode())[:-40]}, (ML,)),
+    Case("no-header-line", "ingest", [r"ratings\.csv: line 1 is not the header line 'userId,movieId,rating,timestamp': it "
+                                      rf"reads '{','.join(ROWS[0])}', a row of values",
+                                      r"fix: add the header line userId,movieId,rating,timestamp as line 1"],
+         {"ratings_csv": RATINGS.split("\n", 1)[1]}, (ML,)),
+    Case("movies-no-header-line", "ingest", [r"movies\.csv: line 1 is not the header line 'movieId,title,genres'"],
+         {"movies_csv": MOVIES.split("\n", 1)[1]}, (ML,)),
+    Case("one-movie-only", "split", [r"no user has a rating to hold out for test: each of the 40 users has a single "
+                                     r"rating, and a user needs >= 2", r"fix: use data in which users have rated"],
+         {"ratings_csv": ratings_of([(u, 1) for u in range(1, 41)])}, (ML,), run_first=("ingest",)),
+    Case("one-rating-each", "split", [r"no user has a rating to hold out for test: each of the 40 users has a single"],
+         {"ratings_csv": ratings_of([(u, u % 30 + 1) for u in range(1, 41)])}, (ML,), run_first=("ingest",)),
+    Case("two-ratings-each", "split", [r"no user has a rating to hold out for validation: each of the 40 users has a "
+                                       r"single train rating \(of the test fold\)", r"split\.test_frac"],
+         {"ratings_csv": ratings_of([(u, m) for u in range(1, 41) for m in (1, 2)])}, (ML,), run_first=("ingest",)),
+    Case("no-rating-after-the-cutoff", "split", [r"the test fold is empty: split\.strategy=temporal_global holds out "
+                                                 rf"none of the {len(ROWS):,} ratings \(40 of 40 users have >= 2\)",
+                                                 r"fix: use split\.strategy=temporal_user"],
+         {"ratings_csv": "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},{r},1000000000\n" for u, m, r, _ in ROWS)},
+         (ML, "split.strategy=temporal_global", "split.cold_user_frac=0"), run_first=("ingest",)),
 ]
 
 
@@ -330,7 +384,7 @@ def test_bad_input_stops_cleanly_and_changes_nothing(case: Case, tmp_path: Path,
 
 
 def test_the_catalogue_is_large_enough() -> None:
-    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
 
 
 def test_clean_errors_in_real_processes(tmp_path: Path) -> None:
@@ -570,3 +624,86 @@ def test_a_stage_called_in_process_refuses_a_users_folder_before_reading_its_inp
         ingest_module.ingest(cfg)
     assert not read, "the stage read its input before checking its output"
     assert {k: v for k, v in tree(tmp_path).items() if k != "params.yaml"} == before
+
+
+def test_a_gzipped_file_is_read_as_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ratings.csv.gz (and movies.csv.gz) give exactly the tables ratings.csv and movies.csv give."""
+    tables = {}
+    for kind, files in (("plain", {}), ("gz", {"ratings_csv": None, "ratings_csv_gz": gzip.compress(RATINGS.encode()),
+                                               "movies_csv": None, "movies_csv_gz": gzip.compress(MOVIES.encode())})):
+        root = tmp_path / kind
+        params = params_file(root, ML, f"data.path={ml_folder(root, **files)}")
+        code, err = run_stage("ingest", ["--params", str(params)], capsys)
+        assert code == 0, err
+        tables[kind] = {n: pl.read_parquet(root / f"data/ingest/{n}.parquet") for n in ("ratings", "movies")}
+    assert all(tables["gz"][n].equals(tables["plain"][n]) for n in ("ratings", "movies"))
+    assert tables["gz"]["ratings"].height == len(ROWS)
+
+
+def run_real(stage: str, params: Path) -> str:
+    """`python -m stages.<stage> --params <params>` in a real process, which must succeed: its stderr."""
+    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", "--params", str(params)], cwd=ROOT, env=tool_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def test_implausible_input_is_counted_and_warned(tmp_path: Path) -> None:
+    """Valid but implausible values are kept, counted in the manifest and printed as warnings: 2 ratings in the
+    year 2100, 3 off the half-star grid, a NUL byte in a title and in a tag; a split leaving train a small share."""
+    rows = [list(r) for r in ROWS]
+    for r in rows[:2]:
+        r[3] = "4102444800"
+    for r in rows[5:8]:
+        r[2] = "3.7"
+    ratings = "userId,movieId,rating,timestamp\n" + "".join(",".join(r) + "\n" for r in rows)
+    folder = ml_folder(tmp_path, ratings_csv=ratings, movies_csv=MOVIES.replace("Movie 3 ", "Mov\0ie 3 "),
+                       tags_csv=TAGS.replace("dark", "da\0rk"))
+    params = params_file(tmp_path, ML, f"data.path={folder}", "split.strategy=leave_last_n", "split.leave_last_n=15",
+                         "split.cold_user_frac=0")
+    err = run_real("ingest", params)
+    summary = json.loads((tmp_path / "data/ingest/manifest.json").read_text())["summary"]
+    assert summary["implausible"] == {"future_timestamps": 2, "ratings_off_half_star_grid": 3, "nul_bytes_in_text": 2}
+    for line in ("2 timestamp(s) more than a day in the future", "3 rating(s) off the half-star grid",
+                 "2 text value(s) holding a NUL byte"):
+        assert f"WARNING ingest: {line}" in err and line in "\n".join(summary["warnings"])
+    assert ((pl.read_parquet(tmp_path / "data/ingest/ratings.parquet")["rating"] - 3.7).abs() < 1e-5).sum() == 3
+    err = run_real("split", params)
+    test = json.loads((tmp_path / "data/split/test/manifest.json").read_text())["summary"]
+    n_train = sum(n - min(15, n - 1) for n in Counter(r[0] for r in ROWS).values())  # by hand: each user's first
+    share = n_train / len(ROWS)
+    assert test["counts"]["train_share"] == round(share, 4) and share < 0.5
+    warning = (f"split@test: train keeps only {share:.1%} of the {len(ROWS):,} ratings ({len(ROWS) - n_train:,} held "
+               "out for test, split.strategy=leave_last_n)")
+    assert f"WARNING {warning}" in err and test["warnings"][0].startswith(warning)
+    assert "lower split.leave_last_n" in test["warnings"][0]
+
+
+def test_plausible_input_warns_of_nothing(tmp_path: Path) -> None:
+    params = params_file(tmp_path, ML, f"data.path={ml_folder(tmp_path)}")
+    for stage in ("ingest", "split"):
+        err = run_real(stage, params)
+        assert "WARNING" not in err, err
+    summary = json.loads((tmp_path / "data/ingest/manifest.json").read_text())["summary"]
+    assert summary["implausible"] == dict.fromkeys(summary["implausible"], 0) and summary["warnings"] == []
+
+
+OVERRIDE_ERRORS = [("alpa=0.5", r"Could not override 'alpa'"), ("alpha=[", r"alpha=\[: no viable alternative"),
+                   ("data=nosuch", r"Could not find 'data/nosuch'"),
+                   ("data.path=/tmp/a\nb", r"the override 'data\.path=/tmp/a\\nb' holds a newline"),
+                   ("alpha=abc", r"alpha: expected a number, got 'abc'")]
+
+
+@pytest.mark.parametrize("stage", ["ingest", "split", "embed_load", "cf_load", "candidates", "evaluate"])
+def test_every_override_error_is_one_message_for_every_stage(stage: str, tmp_path: Path) -> None:
+    """An unknown key, bad syntax, an unknown group option, a newline, a bad value: one message, exit 2, nothing
+    written (not even Hydra's run folder)."""
+    for override, message in OVERRIDE_ERRORS:
+        proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", f"hydra.run.dir={tmp_path}/run", override],
+                              cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, (override, proc.stderr[-3000:])
+        assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, (override, proc.stderr[-3000:])
+        assert re.search(message, proc.stderr), (override, proc.stderr)
+        lines = proc.stderr.splitlines()  # one message: recopt's, none of Hydra's
+        assert sum(line.startswith("error: ") for line in lines) == 1 and "HYDRA_FULL_ERROR" not in proc.stderr
+    assert not list(tmp_path.iterdir())
