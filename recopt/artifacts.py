@@ -40,9 +40,9 @@ import numpy as np
 import polars as pl
 
 from recopt.errors import ArtifactError
-from recopt.outputs import (MANIFEST, artifact_dir, check_replaceable, explain_write_failure, label, leftover_pid,
-                            staging_name)
+from recopt.outputs import MANIFEST, artifact_dir, check_replaceable, label, leftover_pid, staging_name
 from recopt.runlog import log, peak_rss_mb
+from recopt.write_failure import explain_write_failure
 
 FORMAT = 2
 HELDOUT = {"tune": "validation", "test": "test"}  # what each fold scores on

@@ -31,7 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from recopt.config import FOLDS, Config, ConfigError, load_config, read_params
 from recopt.errors import ArtifactError, RecoptError
-from recopt.outputs import Place, check_outputs, explain_write_failure
+from recopt.outputs import Place, check_outputs
+from recopt.write_failure import explain_write_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
