@@ -79,15 +79,17 @@ def compose(overrides: list[str] | None = None) -> dict:
     return OmegaConf.to_container(cfg)  # type: ignore[return-value]
 
 
-def job_config(config: DictConfig) -> Config:
-    """The typed config of a Hydra job or callback (its `hydra` node left out)."""
+def _job_config(config: DictConfig) -> Config:
+    """The typed config of a Hydra job or callback (its `hydra` node left out); a value that does not
+    resolve (a bad interpolation) is a ConfigError."""
     from omegaconf.errors import OmegaConfBaseException
 
     job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     try:
         raw = OmegaConf.to_container(job, resolve=True)
     except OmegaConfBaseException as err:
-        raise _override_error([], err) from None
+        raise ConfigError(f"conf/ + overrides: {' '.join(str(err).split())} — fix the value in conf/ or the "
+                          "override") from None
     return load_config(raw, source="conf/ + overrides")  # type: ignore[arg-type]
 
 
@@ -147,7 +149,7 @@ class CheckOutputs(Callback):
 
     def _check(self, config: DictConfig, key: str) -> None:
         folder = Place(key, Path(str(OmegaConf.select(config, key))), "shared")
-        guarded(lambda: check_outputs(job_config(config), self.stage, self.fold, extra=(folder,)))
+        guarded(lambda: check_outputs(_job_config(config), self.stage, self.fold, extra=(folder,)))
 
 
 def _stage_name(main: Callable[..., Any]) -> str:
@@ -188,7 +190,7 @@ def run(main: Callable[[Config, Invocation], Any], *, hydra_overrides: tuple[str
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _hydra_main(dcfg: DictConfig) -> Any:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-        cfg = guarded(lambda: job_config(dcfg))
+        cfg = guarded(lambda: _job_config(dcfg))
         hc = HydraConfig.get()
         multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
         how = Invocation(mode="hydra", fold=fold, sweep_dir=Path(hc.sweep.dir) if multirun else None,

@@ -691,7 +691,8 @@ def test_plausible_input_warns_of_nothing(tmp_path: Path) -> None:
 OVERRIDE_ERRORS = [("alpa=0.5", r"Could not override 'alpa'"), ("alpha=[", r"alpha=\[: no viable alternative"),
                    ("data=nosuch", r"Could not find 'data/nosuch'"),
                    ("data.path=/tmp/a\nb", r"the override 'data\.path=/tmp/a\\nb' holds a newline"),
-                   ("alpha=abc", r"alpha: expected a number, got 'abc'")]
+                   ("alpha=abc", r"alpha: expected a number, got 'abc'"),
+                   ("alpha=${nope}", r"Interpolation key 'nope' not found")]
 
 
 @pytest.mark.parametrize("stage", ["ingest", "split", "embed_load", "cf_load", "candidates", "evaluate"])
