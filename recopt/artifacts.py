@@ -26,6 +26,7 @@ and DVC skips what did not change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -131,8 +132,11 @@ def write_text_atomic(path: Path, text: str, key: str | None = None) -> None:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         why = explain_write_failure(err, path, key, written=(tmp, path))
+        if why is None:
+            raise
         raise ArtifactError(f"{why}; the previous {path.name}, if any, is untouched") from err
 
 

@@ -318,3 +318,17 @@ def test_a_failed_write_outside_an_artifact_is_one_clean_error(capsys: pytest.Ca
                         r"free space on that disk, or write to a folder on a disk with room\n", capsys.readouterr().err)
     with pytest.raises(ValueError):
         guarded(lambda: int("not a write error"))
+
+
+def test_a_file_written_outside_the_artifacts_fails_cleanly(tmp_path: Path) -> None:
+    """Run facts, metrics and sweep results are written atomically: a failed write is one error naming the path
+    and the key, and leaves no temporary file."""
+    from recopt.artifacts import write_text_atomic
+
+    (tmp_path / "metrics").write_text("a file where the folder must be\n")
+    with pytest.raises(ArtifactError, match=rf"^cannot write {tmp_path}/metrics: .+ — make the folder writable, or "
+                                            r"set paths\.metrics to a folder you can write; the previous tune\.json, "
+                                            r"if any, is untouched$"):
+        write_text_atomic(tmp_path / "metrics" / "tune.json", "new\n", "paths.metrics")
+    assert (tmp_path / "metrics").read_text() == "a file where the folder must be\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics"]
