@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recopt.errors import RecoptError
-from recopt.hashstate import sha256_file
+from recopt.errors import ArtifactError
+from recopt.hashstate import HashState, sha256_file
 from recopt.layout import (MANIFEST, artifact_dir, dump_json, dvc_name, file_name, label, part_name,
                            run_facts_path, write_text_atomic)
+from recopt.outputs import check_replaceable, leftover_pid, staging_name
 from recopt.runlog import log, peak_rss_mb
+from recopt.write_failure import explain_write_failure
 
 FORMAT = 2
 # The config keys each stage's output depends on: dvc.yaml's params of the stage minus paths and
@@ -55,31 +56,6 @@ PARAMS: dict[str, tuple[str, ...]] = {
     "candidates": ("seed", "relevance_threshold", "candidates"),
     "evaluate": ("seed", "alpha", "relevance_threshold", "rerank", "evaluate"),
 }
-
-
-class ArtifactError(RecoptError):
-    """An input artifact that cannot be trusted, or an output that cannot be written."""
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 def param_values(config: Any, keys: Any) -> dict[str, Any]:
     """The config's values of `keys` (sections are flattened to their leaves: `candidates.c_max`)."""
@@ -164,14 +140,15 @@ class Stored:
         return self.manifest["files"][rel]["sha256"]
 
 
-_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+_STATES: dict[str, HashState] = {}
 
 
-def _hash_cached(path: Path, st: os.stat_result) -> str:
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _VERIFIED:
-        _VERIFIED[key] = sha256_file(path)
-    return _VERIFIED[key]
+def hash_state(paths: Any) -> HashState:
+    """The content hashes remembered under paths.runs (recopt.hashstate), one table per process."""
+    key = str(Path(paths.runs).resolve())
+    if key not in _STATES:
+        _STATES[key] = HashState(Path(paths.runs))
+    return _STATES[key]
 
 
 def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: str, config: Any = None,
@@ -201,6 +178,7 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
         raise ArtifactError(f"{reader}: {mpath} describes {manifest.get('stage')}@{manifest.get('fold')} "
                             f"(format {manifest.get('format')}), not {name} — {fix}")
     problems = []
+    state = hash_state(paths)  # an unchanged file is verified by its identity, a changed one hashed anew
     for rel, entry in sorted(files.items()):
         p = root / rel
         try:
@@ -210,7 +188,7 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
             continue
         if st.st_size != entry["bytes"]:
             problems.append(f"{rel} has {st.st_size} bytes, the manifest says {entry['bytes']}")
-        elif _hash_cached(p, st) != entry["sha256"]:
+        elif state.digest(p, st) != entry["sha256"]:
             problems.append(f"{rel} was changed after the stage wrote it (content hash differs)")
     listed = set(files) | {MANIFEST}
     extra = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
@@ -244,37 +222,42 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
 
 
 def _sweep_leftovers(root: Path) -> None:
-    """Remove staging / old folders next to `root` left by runs that were killed (their process is gone)."""
+    """Remove the staging / old folders of `root` left by runs that were killed (their process is gone);
+    nothing else, whatever its name."""
     import psutil
 
-    for p in root.parent.glob(f".{root.name}.*-*-*"):
-        kind, _, rest = p.name[len(root.name) + 2:].partition("-")
-        pid = rest.split("-")[0]
-        if kind in ("staging", "old") and pid.isdigit() and not psutil.pid_exists(int(pid)):
+    for p in root.parent.iterdir():
+        pid = leftover_pid(p, root.name)
+        if pid is not None and not psutil.pid_exists(pid):
             shutil.rmtree(p, ignore_errors=True)
 
 
 class Output:
-    """A stage's artifact being written: files go to a staging folder until :meth:`commit`."""
+    """A stage's artifact being written: files go to a staging folder until :meth:`commit`.
 
-    def __init__(self, paths: Any, stage: str, fold: str | None, params: dict[str, Any]) -> None:
-        self.stage, self.fold, self.params = stage, fold, params
-        self.root = artifact_dir(paths, stage, fold)
-        self.staging = self.root.parent / f".{self.root.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    Before any work it refuses an output folder the stage may not replace (`recopt.outputs`); a write
+    that fails inside it (disk full, file-size limit, permissions; from any library) ends in one
+    ArtifactError, with the staging folder removed and the previous artifact whole."""
+
+    def __init__(self, cfg: Any, stage: str, fold: str | None) -> None:
+        self.stage, self.fold, self.cfg = stage, fold, cfg
+        self.params = param_values(cfg, PARAMS[stage])
+        self.root = artifact_dir(cfg.paths, stage, fold)
+        check_replaceable(cfg, stage, fold)
+        self.staging = self.root.parent / staging_name(self.root.name, "staging")
         self.inputs: dict[str, str] = {}
         self.sources: list[Stored] = []
         self.summary: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
-        self.facts_path = run_facts_path(paths, label(stage, fold))
+        self.facts_path = run_facts_path(cfg.paths, label(stage, fold))
         self.started = time.perf_counter()
         try:
             self.root.parent.mkdir(parents=True, exist_ok=True)
             _sweep_leftovers(self.root)
             self.staging.mkdir()
         except OSError as err:
-            raise ArtifactError(f"{label(stage, fold)}: cannot write its output folder {self.root.parent}: "
-                                f"{err.strerror or err} — make the folder writable, or set paths.{stage} "
-                                "to a folder you can write") from None
+            self._fail(err, (self.staging,))
+            raise
 
     @property
     def label(self) -> str:
@@ -316,7 +299,8 @@ class Output:
         self.path(name).write_text(text, encoding="utf-8")
 
     def commit(self) -> dict[str, Any]:
-        """Hash every file, write the manifest last, then swap the staging folder into place."""
+        """Hash every file, write the manifest last and the run facts, then swap the staging folder into
+        place (after checking again that what is there is still this stage's to replace)."""
         files = {}
         for p in sorted(self.staging.rglob("*")):
             if p.is_file():
@@ -331,15 +315,24 @@ class Output:
                     "inputs": dict(sorted(self.inputs.items())), "params": dict(sorted(params.items())),
                     "summary": self.summary}
         (self.staging / MANIFEST).write_text(dump_json(manifest), encoding="utf-8")
-        old = self.root.parent / f".{self.root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        if self.root.exists():
-            os.replace(self.root, old)
-        os.replace(self.staging, self.root)
-        shutil.rmtree(old, ignore_errors=True)
         facts = {"stage": self.label, "wall_s": round(time.perf_counter() - self.started, 3),
                  "steps_s": self.timings, "peak_rss_mb": round(peak_rss_mb(), 1),
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_text_atomic(self.facts_path, dump_json(facts))
+        write_text_atomic(self.facts_path, dump_json(facts), "paths.runs")
+        check_replaceable(self.cfg, self.stage, self.fold)
+        old = self.root.parent / staging_name(self.root.name, "old")
+        if self.root.exists():
+            os.replace(self.root, old)
+        try:
+            os.replace(self.staging, self.root)
+        except OSError:
+            if old.exists():
+                os.replace(old, self.root)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        state = hash_state(self.cfg.paths)  # the next reader verifies these by their identity alone
+        for rel, entry in files.items():
+            state.remember(self.root / rel, entry["sha256"])
         log.info("%s: wrote %s (%d files) in %.1f s, peak RSS %.0f MiB", self.label, self.root, len(files),
                  facts["wall_s"], facts["peak_rss_mb"])
         return manifest
@@ -347,25 +340,25 @@ class Output:
     def abandon(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
 
+    def _fail(self, err: BaseException, written: tuple[Path, ...]) -> None:
+        """Remove the staging folder; a failed write becomes the one clean ArtifactError (else return)."""
+        why = explain_write_failure(err, self.root, f"paths.{self.stage}", written)  # before space is freed
+        self.abandon()
+        if why is not None:
+            raise ArtifactError(f"{self.label}: {why}; the previous artifact, if any, is untouched") from err
+
     def __enter__(self) -> Output:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except OSError as err:
-                self.abandon()
-                raise ArtifactError(f"{self.label}: cannot write {self.root}: {err.strerror or err} — make "
-                                    f"the folder writable, or set paths.{self.stage} to a folder you can write"
-                                    ) from None
-        else:
-            self.abandon()
-            if isinstance(exc, OSError) and str(self.staging) in str(exc.filename or ""):
-                # a write into the staging folder failed (permissions, disk full): one clear message
-                raise ArtifactError(f"{self.label}: cannot write {self.root}: {exc.strerror or exc} — free space "
-                                    f"or make the folder writable (or set paths.{self.stage}); the previous "
-                                    "artifact, if any, is untouched") from None
+        if exc is not None:
+            self._fail(exc, (self.staging,))
+            return
+        try:
+            self.commit()
+        except Exception as err:
+            self._fail(err, (self.staging, self.root))
+            raise
 
 
 def add_run_facts(out: Output, **facts: float) -> None:
@@ -373,9 +366,9 @@ def add_run_facts(out: Output, **facts: float) -> None:
     then covers them."""
     doc = json.loads(out.facts_path.read_text()) if out.facts_path.is_file() else {}
     doc |= facts | {"wall_s": round(time.perf_counter() - out.started, 3)}
-    write_text_atomic(out.facts_path, dump_json(doc))
+    write_text_atomic(out.facts_path, dump_json(doc), "paths.runs")
 
 
 def output(cfg: Any, stage: str, fold: str | None = None) -> Output:
     """Start writing the artifact of `stage` (at `fold`); use as a context manager."""
-    return Output(cfg.paths, stage, fold, param_values(cfg, PARAMS[stage]))
+    return Output(cfg, stage, fold)

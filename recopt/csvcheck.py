@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +26,14 @@ from typing import IO
 
 import polars as pl
 
+from recopt.compression import DAMAGED, compression_problem, damaged, open_data
 from recopt.schemas import N_EXAMPLES, Problem, Schema, first_few, validate_frame
 
 _BOM = codecs.BOM_UTF8
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _SEPARATORS = {",": "','", ";": "';'", "\t": "TAB ('\\t': tab-separated)", "|": "'|'"}
 _HEADERLESS = {"dat": "::", "tab": "\t", "pipe": "|"}  # layout -> field separator
+_NUMBER = re.compile(r"\s*[-+]?\d+(\.\d*)?\s*")  # a header line never holds one
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,23 @@ class Table:
 
 
 def read_table(path: Path, schema: Schema, layout: str) -> Table:
-    """Read `path` (a layout of the module docstring) against `schema`."""
-    return _read_csv(path, schema) if layout == "csv" else _read_headerless(path, schema, layout)
+    """Read `path` (a layout of the module docstring; named `.gz`: decompressed) against `schema`."""
+    first_line = 2 if layout == "csv" else 1
+    problem = compression_problem(path)
+    if problem is not None:
+        return Table(None, [problem], first_line)
+    try:
+        return _read_csv(path, schema) if layout == "csv" else _read_headerless(path, schema, layout)
+    except DAMAGED as err:
+        problem = damaged(path, err)
+        if problem is None:
+            raise
+        return Table(None, [problem], first_line)
 
 
 def _read_csv(path: Path, schema: Schema) -> Table:
     file = str(path)
-    with path.open("rb") as f:
+    with open_data(path) as f:
         head = f.read(1 << 16)
     bom = head.startswith(_BOM)
     text = head[len(_BOM):] if bom else head
@@ -71,7 +84,12 @@ def _read_csv(path: Path, schema: Schema) -> Table:
     try:
         header = next(csv.reader([first.decode("utf-8")], strict=True))
     except (UnicodeDecodeError, csv.Error):
-        return _scan(path.open("rb"), file, schema, "csv", bom)
+        return _scan(open_data(path), file, schema, "csv", bom)
+    if not set(header) & set(schema.columns) and any(_NUMBER.fullmatch(h) for h in header):
+        expected = ",".join(schema.columns)
+        return Table(None, [Problem(file, None, f"line 1 is not the header line '{expected}': it reads "
+                                                f"{first.decode('utf-8')[:80]!r}, a row of values",
+                                    f"add the header line {expected} as line 1")], 2, bom=bom)
     twice = sorted({c for c in header if header.count(c) > 1})
     if twice:
         return Table(None, [Problem(file, c, f"appears {header.count(c)} times in the header line",
@@ -80,15 +98,16 @@ def _read_csv(path: Path, schema: Schema) -> Table:
     try:
         df = pl.read_csv(path, schema_overrides=typed, infer_schema=False)
     except pl.exceptions.PolarsError:
-        return _scan(path.open("rb"), file, schema, "csv", bom)
+        return _scan(open_data(path), file, schema, "csv", bom)
     if df.columns and df.columns[0].startswith("\ufeff"):  # polars versions differ on the BOM
         df = df.rename({df.columns[0]: df.columns[0].removeprefix("\ufeff")})
-    return _checked(df, file, schema, 2, bom, False) or _scan(path.open("rb"), file, schema, "csv", bom)
+    return _checked(df, file, schema, 2, bom, False) or _scan(open_data(path), file, schema, "csv", bom)
 
 
 def _read_headerless(path: Path, schema: Schema, layout: str) -> Table:
     file, sep = str(path), _HEADERLESS[layout]
-    raw = path.read_bytes()
+    with open_data(path) as f:
+        raw = f.read()
     bom = raw.startswith(_BOM)
     raw = raw[len(_BOM):] if bom else raw
     if not raw.strip():

@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class RecoptError(Exception):
     """An error the user can fix; its message names the file or key and the fix."""
+
+
+class ArtifactError(RecoptError):
+    """An input artifact that cannot be trusted, or an output that cannot be written."""

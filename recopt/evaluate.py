@@ -174,7 +174,7 @@ def part_checkpoints(cfg: Config, data: EvalData, part: Part) -> Path:
 def save_part(path: Path, b: PartBatch) -> None:
     """One part's results on one batch, written atomically."""
     save_arrays(path, {"users": b.users, "lists": b.lists, "scores": b.scores, "seconds": np.array([b.seconds]),
-                       **{f"m.{name}": v for name, v in b.per_user.items()}})
+                       **{f"m.{name}": v for name, v in b.per_user.items()}}, "paths.checkpoints")
 
 
 def load_part(path: Path, scores: bool = True) -> PartBatch:

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from recopt.config import HELDOUT
+from recopt.errors import ArtifactError
+from recopt.write_failure import explain_write_failure
 
 MANIFEST = "manifest.json"
 
@@ -145,20 +147,30 @@ def mlflow_scratch(paths: Any, family: str, run_label: str, name: str) -> Path:
     return Path(paths.runs) / "mlflow" / safe_name(family) / safe_name(run_label) / RUN_FILES[name]
 
 
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], Any], key: str | None = None) -> None:
     """Write one file atomically: `write(tmp)` fills a per-process temporary name next to `path`,
-    which then replaces `path` (a reader sees the old file or the new one, never a part)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    which then replaces `path` (a reader sees the old file or the new one, never a part).
+
+    A write that fails for want of space or a file-size limit, from any library, is one ArtifactError
+    naming what ran out, the path and the fix (`key`: the config key naming the file's folder); the
+    temporary file is removed and the previous file, if any, is untouched."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         os.replace(tmp, path)
+    except Exception as err:
+        why = explain_write_failure(err, path, key, written=(tmp, path))
+        tmp.unlink(missing_ok=True)
+        if why is None:
+            raise
+        raise ArtifactError(f"{why}; the previous {path.name}, if any, is untouched") from err
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def write_text_atomic(path: Path, text: str, key: str | None = None) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), key)
 
 
 def _jsonable(value: Any) -> Any:
@@ -175,6 +187,6 @@ def dump_json(data: Any) -> str:
     return json.dumps(data, indent=2, default=_jsonable) + "\n"
 
 
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """A set of named arrays as one .npz file, atomically."""
-    write_atomic(path, lambda tmp: np.savez(tmp, **arrays))
+def save_arrays(path: Path, arrays: dict[str, np.ndarray], key: str | None = None) -> None:
+    """A set of named arrays as one .npz file, atomically (`key`: the config key naming its folder)."""
+    write_atomic(path, lambda tmp: np.savez(tmp, **arrays), key)

@@ -25,7 +25,10 @@ the header being line 1) and the fix:
 * missing files or columns, values that are not numbers, ratings outside
   [0.5, 5] (saying so when they look like a 0-10 scale), nulls, empty files;
 * a CSV file that is not UTF-8 (the line of the first bad byte, and an
-  `iconv` fix) or is UTF-16;
+  `iconv` fix) or is UTF-16; a compressed file under a text name (gzip, zip,
+  bzip2, xz or zstd, told by its first bytes) -- any file may instead be named
+  `<name>.gz` (e.g. ratings.csv.gz), which is read as it is;
+* a CSV file whose first line is a row of values, not the header line;
 * a header separated by ';', TAB or '|' instead of ',' (a `.dat` file
   without '::'), lines ending in a bare CR, a column named twice;
 * lines with the wrong number of fields, a quote left open or misplaced (a
@@ -80,6 +83,7 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
+from recopt.compression import locate
 from recopt.csvcheck import Table, read_table
 from recopt.errors import RecoptError
 from recopt.schemas import (
@@ -157,11 +161,11 @@ def read_movielens(folder: Path) -> MovieLensData:
     for name, (file_name, fmt) in _LAYOUTS[layout].items():
         schema, required = _FILES[name]
         schema = _ITEM_100K if (layout, name) == ("100k", "movies") else schema
-        path = folder / file_name
-        if not path.is_file():
+        path = locate(folder, file_name)
+        if path is None:
             if required:
                 problems.append(Problem(
-                    str(path), None, "required file is missing",
+                    str(folder / file_name), None, "required file is missing",
                     f"point to a MovieLens folder containing {_expected(layout)}"))
             continue
         table = tables[name] = read_table(path, schema, fmt)
@@ -211,7 +215,7 @@ def _movies_from_flags(items: pl.DataFrame) -> pl.DataFrame:
 
 def _detect_layout(folder: Path) -> str:
     for layout, files in _LAYOUTS.items():
-        if (folder / files["ratings"][0]).is_file() or (folder / files["movies"][0]).is_file():
+        if locate(folder, files["ratings"][0]) or locate(folder, files["movies"][0]):
             return layout
     inner = sorted([*folder.glob("*/ratings.*"), *folder.glob("*/u.data")]) if folder.is_dir() else []
     fix = (f"point to {inner[0].parent}" if inner else

@@ -193,8 +193,9 @@ def write_dvc_metrics(cfg: Config, outcome: FoldOutcome) -> None:
         block["gate1"] = g1.verdict
         block["gate1_lift"] = round(g1.comparisons["recall@10"].lift, 6) if "recall@10" in g1.comparisons else None
         block["gate2"] = g2.verdict
-    write_text_atomic(metrics_path(cfg.paths, "metrics", outcome.fold), dump_json({METRICS_ROOT[outcome.fold]: block}))
-    write_text_atomic(metrics_path(cfg.paths, "curve", outcome.fold), _curve(outcome).write_csv())
+    write_text_atomic(metrics_path(cfg.paths, "metrics", outcome.fold), dump_json({METRICS_ROOT[outcome.fold]: block}),
+                      "paths.metrics")
+    write_text_atomic(metrics_path(cfg.paths, "curve", outcome.fold), _curve(outcome).write_csv(), "paths.metrics")
 
 
 def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, Comparison | None]], family: str,

@@ -15,7 +15,7 @@ import polars as pl
 
 from recopt.artifacts import open_artifact
 from recopt.candidates import SOURCES, collab_scores
-from recopt.config import HELDOUT, Config, RerankConfig
+from recopt.config import HELDOUT, Config
 from recopt.errors import RecoptError
 from recopt.methods import Part, PartKind, mmr_weight, part_scores
 from recopt.pools import read_pool

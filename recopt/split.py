@@ -24,8 +24,12 @@ ratings in train; the rest of their ratings go to the held-out split. Slices:
 ``heavy_frac`` of the others by train count), ``warm`` (the rest). Train and
 held-out are disjoint and together are exactly the input ratings.
 
-A fold whose held-out split has no rating >= ``relevance_threshold`` cannot
-evaluate anyone: the stage stops there and names the key.
+A fold with nothing held out (every user has a single rating, or no rating is after the
+temporal_global cutoff) stops the stage with the counts; one whose held-out split has no
+rating >= ``relevance_threshold`` cannot evaluate anyone: the stage stops there and names the
+key. A fold whose train keeps less than ``SMALL_TRAIN_SHARE`` of its ratings (e.g. a huge
+``leave_last_n``) is valid but implausible: its share is counted in the manifest and a
+warning is printed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ from numpy.typing import NDArray
 from recopt.artifacts import open_artifact, output
 from recopt.config import HELDOUT, Config, ConfigError, SplitConfig
 from recopt.rng import stage_rng
-from recopt.runlog import timed
+from recopt.runlog import log, timed
+from recopt.schemas import DataError, Problem
+
+SMALL_TRAIN_SHARE = 0.5
 
 
 def split_ratings(ratings: pl.DataFrame, cfg: SplitConfig, relevance_threshold: float,
@@ -106,6 +113,45 @@ def relevant_items(heldout: pl.DataFrame, relevance_threshold: float) -> pl.Data
     return heldout.filter(pl.col("rating") >= relevance_threshold)
 
 
+def _holdout_key(cfg: SplitConfig, fold: str) -> str:
+    """The key that sets how much of a fold is held out."""
+    if cfg.strategy == "leave_last_n":
+        return "split.leave_last_n"
+    return "split.test_frac" if fold == "test" else "split.validation_frac"
+
+
+def _check_heldout(held: pl.DataFrame, users: pl.DataFrame, fold: str, cfg: SplitConfig, source: str) -> None:
+    """Refuse a fold with nothing held out, saying why with the counts."""
+    if held.height:
+        return
+    rated = "rating" if fold == "test" else "train rating (of the test fold)"
+    n_users, n_multi, n_ratings = users.height, int((users["n_train"] >= 2).sum()), int(users["n_train"].sum())
+    if n_multi == 0:
+        fix = ("use data in which users have rated at least two movies" if fold == "test" else
+               f"hold out less for test ({_holdout_key(cfg, 'test')}) so that users keep >= 2 train ratings, "
+               "or use data with more ratings per user")
+        raise DataError([Problem(f"split ({source})", None, (
+            f"no user has a rating to hold out for {HELDOUT[fold]}: each of the {n_users:,} users has a single "
+            f"{rated}, and a user needs >= 2 (one to train on, one to hold out)"), fix)])
+    raise DataError([Problem(f"split ({source})", None, (
+        f"the {HELDOUT[fold]} fold is empty: split.strategy={cfg.strategy} holds out none of the {n_ratings:,} "
+        f"{rated}s ({n_multi:,} of {n_users:,} users have >= 2)"),
+        f"use split.strategy=temporal_user, or raise {_holdout_key(cfg, fold)} (temporal_global holds out the "
+        "ratings after one time cutoff: many equal timestamps leave none after it)")])
+
+
+def _train_share(train: pl.DataFrame, held: pl.DataFrame, fold: str, cfg: SplitConfig) -> tuple[float, list[str]]:
+    """The share of a fold's ratings left in train, and a warning when it is below SMALL_TRAIN_SHARE."""
+    total = train.height + held.height
+    share = train.height / total if total else 1.0
+    if share >= SMALL_TRAIN_SHARE:
+        return share, []
+    key = _holdout_key(cfg, fold)
+    return share, [f"split@{fold}: train keeps only {share:.1%} of the {total:,} ratings ({held.height:,} held out "
+                   f"for {HELDOUT[fold]}, split.strategy={cfg.strategy}): models are fit on a small part of the "
+                   f"data; lower {key} (or split.cold_user_frac) if that is not intended"]
+
+
 def _check_relevance(heldout: pl.DataFrame, fold: str, threshold: float) -> None:
     if heldout.height and (heldout["rating"] >= threshold).any():
         return
@@ -131,7 +177,9 @@ def run_split(cfg: Config) -> dict[str, Any]:
             train, cfg.split, cfg.relevance_threshold, stage_rng(cfg.seed, "split/tune"),
             holdout_frac=cfg.split.validation_frac, not_cold=cold_in_test)
     folds = {"test": (train, test, users), "tune": (tune_train, validation, tune_users)}
-    for fold, (_, held, _) in folds.items():
+    source = ingest.summary.get("source") or str(ingest.root)
+    for fold, (_, held, us) in folds.items():
+        _check_heldout(held, us, fold, cfg.split, source)
         _check_relevance(held, fold, cfg.relevance_threshold)
     summaries = {}
     for fold, (tr, held, us) in folds.items():
@@ -143,11 +191,16 @@ def run_split(cfg: Config) -> dict[str, Any]:
             out.timings = timings
             for name, df in (("train", tr), ("heldout", held), ("users", us)):
                 out.parquet(name, df)
+            share, warnings = _train_share(tr, held, fold, cfg.split)
+            for warning in warnings:
+                log.warning("%s", warning)
             out.summary = {
                 "source": ingest.summary.get("source"), "strategy": cfg.split.strategy, "heldout": HELDOUT[fold],
                 "counts": {"n_train": tr.height, "n_heldout": held.height, "n_users": us.height,
+                           "train_share": round(share, 4),
                            "users_with_relevant_heldout": int((us["n_relevant"] > 0).sum()),
                            "slices": dict(us.group_by("slice").len().sort("slice").iter_rows())},
+                "warnings": warnings,
             }
         summaries[fold] = out.summary
     return summaries

@@ -67,12 +67,12 @@ def evaluate_job(cfg: Config, fold: str, folder: Path, overrides: tuple[str, ...
                overrides=job_overrides(overrides), config=tracking.config_params(cfg))
     run.cold_from_config = why is not None
     save_arrays(job_file(folder, "arrays"), {"users": run.users, "top": run.top,
-                                             **{f"m.{k}": v for k, v in run.per_user.items()}})
+                                             **{f"m.{k}": v for k, v in run.per_user.items()}}, "hydra.sweep.dir")
     write_text_atomic(job_file(folder, "result"), dump_json({
         "alpha": cfg.alpha, "cold_rule": cold.to_json(), "cold_from_config": run.cold_from_config,
         "overrides": list(run.overrides), "fold": fold, "complete": p.complete, "batches_done": len(p.done),
         "batches": len(p.batches), "seconds": p.seconds, "started": started, "finished": time.time(),
-        "summary": run.summary, "config": run.config}))
+        "summary": run.summary, "config": run.config}), "hydra.sweep.dir")
     state = "complete" if p.complete else f"PARTIAL ({len(p.done)} of {len(p.batches)} batches)"
     print(f"{run_label(run)} on {HELDOUT[fold]}: recall@10 {run.summary['recall@10']:.4f}, map@10 "
           f"{run.summary['map@10']:.4f}, ndcg@10 {run.summary['ndcg@10']:.4f} — {state}", flush=True)
@@ -113,8 +113,8 @@ def compare_sweep(cfg: Config, sweep_dir: Path, kind: str = "sweep") -> pl.DataF
             r.role = Role.SWEEP_BEST if r is best else Role.SWEEP_JOB if r.complete else Role.SWEEP_PARTIAL
     table = runs_table(compared, sum(data.skipped.values()), sorted(set(cfg.evaluate.ks)), with_time=True
                        ).with_columns(users_compared=pl.lit(len(users)))
-    write_text_atomic(sweep_file(sweep_dir, "comparison.csv"), table.write_csv())
-    write_text_atomic(sweep_file(sweep_dir, "comparison.md"), to_markdown(table) + "\n")
+    write_text_atomic(sweep_file(sweep_dir, "comparison.csv"), table.write_csv(), "hydra.sweep.dir")
+    write_text_atomic(sweep_file(sweep_dir, "comparison.md"), to_markdown(table) + "\n", "hydra.sweep.dir")
     jobs_done = [r for r in compared if r.role in (Role.SWEEP_BEST, Role.SWEEP_JOB)]
     if jobs_done:  # recall against alpha, for the MLflow parent (the compare view's chart)
         curve = pl.DataFrame([{"alpha": r.alpha, **{m: r.summary[m] for m in ("recall@10", "ndcg@10", "coverage@10")}}

@@ -5,25 +5,34 @@
 * `python -m stages.<name> [--fold tune|test] [key=value ...] [-m]` composes conf/ with
   Hydra overrides (and sweeps with -m).
 
-Both build the same typed :class:`recopt.config.Config`. A user error (bad data, bad
-config, a missing or stale input artifact) prints one message and exits with status 2,
-without a traceback; set RECOPT_DEBUG=1 to see it.
+Both build the same typed :class:`recopt.config.Config`, and both check every output of the
+stage (`recopt.outputs`) before any work: with --params every output must also be inside the
+repository (the folder of the params file), as DVC requires; in Hydra mode a callback checks
+them, Hydra's own run or sweep folder included, before Hydra creates that folder. A user error
+(bad data, bad config or override, an output it may not write, a missing or stale input
+artifact, a disk or file-size limit reached while writing) prints one message and exits with
+status 2, without a traceback; set RECOPT_DEBUG=1 to see it. SIGXFSZ is ignored, so a file-size
+limit fails the write (EFBIG) instead of killing the stage.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from recopt.config import FOLDS, Config, ConfigError, load_config, read_params
-from recopt.errors import RecoptError
+from recopt.errors import ArtifactError, RecoptError
+from recopt.outputs import Place, check_outputs
+from recopt.write_failure import explain_write_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -41,6 +50,18 @@ class Invocation:
     overrides: tuple[str, ...] = ()  # Hydra multirun: this job's overrides
 
 
+def _override_error(overrides: list[str], err: Exception) -> ConfigError:
+    """Hydra's or OmegaConf's error about the overrides (unknown key, bad syntax or value, unknown group
+    option), as one line."""
+    odd = [o for o in overrides if not o.isprintable()]
+    if odd:
+        return ConfigError(f"the override {odd[0]!r} holds a newline or another control character, which no "
+                           "override may hold — fix: remove it (set such a value in conf/ instead)")
+    shown = " ".join(overrides) or "(none)"
+    return ConfigError(f"conf/ with the overrides {shown}: {' '.join(str(err).split())} — fix the override "
+                       "(conf/ holds every key and its default)")
+
+
 def compose(overrides: list[str] | None = None) -> dict:
     """Compose conf/ exactly as DVC's Hydra composition does (resolved). An override Hydra
     rejects (unknown key, bad syntax, unknown group option) is a ConfigError."""
@@ -54,9 +75,22 @@ def compose(overrides: list[str] | None = None) -> dict:
             cfg = hydra_compose(config_name="config", overrides=overrides or [])
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"conf/ with the overrides {' '.join(overrides or []) or '(none)'}: "
-                          f"{' '.join(str(err).split())}") from None
+        raise _override_error(overrides or [], err) from None
     return OmegaConf.to_container(cfg)  # type: ignore[return-value]
+
+
+def _job_config(config: DictConfig) -> Config:
+    """The typed config of a Hydra job or callback (its `hydra` node left out); a value that does not
+    resolve (a bad interpolation) is a ConfigError."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    job = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    try:
+        raw = OmegaConf.to_container(job, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"conf/ + overrides: {' '.join(str(err).split())} — fix the value in conf/ or the "
+                          "override") from None
+    return load_config(raw, source="conf/ + overrides")  # type: ignore[arg-type]
 
 
 def _setup_logging() -> None:
@@ -84,9 +118,10 @@ def _take_fold(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def guarded(call: Callable[[], Any], everything: bool = False) -> Any:
-    """Run `call`, turning user errors into one clean message (exit 2); with `everything`, any other
-    exception too (exit 1) -- for work Hydra runs in a callback, whose exceptions it would only warn
-    about while the process exits 0."""
+    """Run `call`, turning user errors -- and a write that failed for lack of space or a file-size limit,
+    from any library -- into one clean message (exit 2); with `everything`, any other exception too (exit
+    1) -- for work Hydra runs in a callback, whose exceptions it would only warn about while the process
+    exits 0."""
     try:
         return call()
     except RecoptError as err:
@@ -95,11 +130,39 @@ def guarded(call: Callable[[], Any], everything: bool = False) -> Any:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
+        why = explain_write_failure(err)
+        if why is not None:
+            fail(ArtifactError(why))
         if not everything or os.environ.get("RECOPT_DEBUG"):
             raise
         print(f"error: {type(err).__name__}: {err} (a bug or an environment problem; RECOPT_DEBUG=1 shows "
               "the traceback)", file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+class CheckOutputs(Callback):
+    """Hydra callback: check every output of the stage, Hydra's run or sweep folder included, before
+    Hydra creates that folder and before the stage does any work."""
+
+    def __init__(self, stage: str, fold: str | None = None) -> None:
+        self.stage, self.fold = stage, fold
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    def _check(self, config: DictConfig, key: str) -> None:
+        folder = Place(key, Path(str(OmegaConf.select(config, key))), "shared")
+        guarded(lambda: check_outputs(_job_config(config), self.stage, self.fold, extra=(folder,)))
+
+
+def _stage_name(main: Callable[..., Any]) -> str:
+    """The stage a `main` belongs to: `ingest` for stages/ingest.py, however it was started (`python -m`
+    names its module `__main__`)."""
+    spec = main.__globals__.get("__spec__")
+    return (spec.name if spec is not None else main.__module__).rsplit(".", 1)[-1]
 
 
 def run(main: Callable[[Config, Invocation], Any], *, usage: str | None = None,
@@ -112,16 +175,23 @@ def run(main: Callable[[Config, Invocation], Any], *, usage: str | None = None,
     """
     if usage and any(a in ("--help", "-h") for a in sys.argv[1:]):
         print(usage, flush=True)
+    # a file-size limit: the write fails with EFBIG (one clean error) instead of the signal killing the stage
+    # (CPython's start-up ignores SIGXFSZ too; an embedding interpreter need not)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    stage = _stage_name(main)
     fold, argv = _take_fold(sys.argv[1:])
     if argv[:1] == ["--params"]:
         _setup_logging()
         if len(argv) != 2:
             fail(RecoptError("usage: python -m stages.<name> --params params.yaml [--fold tune|test]"))
         cfg = guarded(lambda: read_params(argv[1]))
+        guarded(lambda: check_outputs(cfg, stage, fold, repo=Path(argv[1]).resolve().parent))
         return guarded(lambda: main(cfg, Invocation(mode="params", fold=fold)))
 
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     if not OmegaConf.has_resolver("unique"):  # two sweeps started in the same second get their own folders
         OmegaConf.register_new_resolver("unique", lambda: uuid.uuid4().hex[:6], use_cache=True)
@@ -129,8 +199,7 @@ def run(main: Callable[[Config, Invocation], Any], *, usage: str | None = None,
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _hydra_main(dcfg: DictConfig) -> Any:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-        raw = OmegaConf.to_container(dcfg, resolve=True)
-        cfg = guarded(lambda: load_config(raw, source="conf/ + overrides"))  # type: ignore[arg-type]
+        cfg = guarded(lambda: _job_config(dcfg))
         hc = HydraConfig.get()
         multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
         how = Invocation(mode="hydra", fold=fold, sweep_dir=Path(hc.sweep.dir) if multirun else None,
@@ -138,6 +207,12 @@ def run(main: Callable[[Config, Invocation], Any], *, usage: str | None = None,
                          overrides=tuple(hc.overrides.task) if multirun else ())
         return guarded(lambda: main(cfg, how))
 
-    # name the Hydra job after the stage (not this module), e.g. for the sweep callback
-    sys.argv = [sys.argv[0], *argv, f"hydra.job.name={main.__module__.rsplit('.', 1)[-1]}", *hydra_overrides]
-    return _hydra_main()
+    # name the Hydra job after the stage (not this module), e.g. for the sweep callback; check the outputs
+    callback = "+hydra.callbacks.check_outputs"
+    sys.argv = [sys.argv[0], *argv, f"hydra.job.name={stage}", f"{callback}._target_={__name__}.CheckOutputs",
+                f"{callback}.stage={stage}", f"{callback}.fold={fold or 'null'}", *hydra_overrides]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors (printed below as one message)
+    try:
+        return _hydra_main()
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(_override_error(argv, err))

@@ -5,8 +5,10 @@ exactly what an uninterrupted run gives."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -209,3 +211,125 @@ def test_a_run_left_running_by_a_killed_process_is_marked_failed(tmp_path: Path)
     tracking.log_family(cfg, tracking.RunRecord("second", 3, 4), [], None)
     assert client.get_run(orphan.info.run_id).info.status == "FAILED"
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+# The file-size limit, for real: `ulimit -f` in the shell that starts the stage makes the kernel refuse (EFBIG)
+# the write that crosses it, inside whichever library writes (polars, pyarrow, numpy, json, matplotlib). Each
+# case: (stage, fold, a change that makes it rewrite its artifact, the limit in KiB, the writer that hits it).
+LIMITS = [("ingest", None, "seed=7", 100, "polars parquet"), ("split", None, "split.test_frac=0.25", 100, "polars"),
+          ("embed_load", "test", "embed_load.dim=16", 100, "numpy"), ("cf_load", "test", "cf_load.factors=8", 100,
+                                                                    "numpy"),
+          ("candidates", "test", "candidates.n_cf_seed=300", 100, "pyarrow pool parts"),
+          ("evaluate", "tune", "rerank.mmr_lambda=0.5", 100, "numpy checkpoints"),
+          ("evaluate", "tune", None, 60, "matplotlib plot"), ("evaluate", "tune", None, 16, "polars csv")]
+
+
+def artifacts_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file of every artifact (run facts and checkpoints are not artifacts)."""
+    data = root / "data"
+    return {str(p.relative_to(data)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(data.rglob("*"))
+            if p.is_file() and p.relative_to(data).parts[0] not in ("runs", "checkpoints")}
+
+
+def run_limited(cmd: list[str], limit_kib: int) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f'ulimit -f {limit_kib} && exec "$@"', "limited", *cmd], cwd=ROOT,
+                          env=tool_env(), capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize(("stage", "fold", "change", "limit", "writer"), LIMITS,
+                         ids=[f"{s}-{w.replace(' ', '-')}" for s, _, _, _, w in LIMITS])
+def test_the_file_size_limit_is_one_clean_error_and_the_previous_artifact_stays_whole(
+        base: Path, tmp_path: Path, stage: str, fold: str | None, change: str | None, limit: int,
+        writer: str) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(base, work)
+    params = write_params(work, *([change] if change else []))
+    before = artifacts_tree(work)
+    proc = run_limited(stage_cmd(stage, fold, params), limit)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert re.search(rf"error: {stage}(@\w+)?: cannot write \S+/data/{stage}(/\w+)?: a file reached the file-size limit "
+                     rf"\(File too large.*at most {limit} KiB, `ulimit -f`\) — raise the limit \(`ulimit -f unlimited`\)"
+                     rf", or set paths\.{stage} to a folder on a filesystem that allows larger files; the previous "
+                     r"artifact, if any, is untouched$", proc.stderr, re.M), proc.stderr[-3000:]  # (after a progress bar)
+    assert artifacts_tree(work) == before, "an artifact changed"
+    assert not [*(work / "data").rglob(".*.staging-*"), *(work / "data").rglob(".*.old-*")]
+
+
+def test_a_full_disk_is_one_clean_error_and_the_previous_artifact_stays_whole(tmp_path: Path) -> None:
+    """A real 2 MiB filesystem (tmpfs, where this machine lets us mount one): the tiny preset's ingest fits, the
+    small preset's does not (polars raises ComputeError "No space left on device")."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        run("ingest", None, write_params(tmp_path, f"paths.ingest={disk}/ingest", "data.preset=tiny"))
+        before = {p.name: p.read_bytes() for p in (disk / "ingest").iterdir()}
+        proc = subprocess.run(stage_cmd("ingest", None, write_params(tmp_path, f"paths.ingest={disk}/ingest")),
+                              cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert re.search(rf"^error: ingest: cannot write {disk}/ingest: the disk is full \(No space left on device; "
+                         r"\d+ \w?B of 2 MiB free there\) — free space on that disk, or set paths\.ingest to a folder "
+                         r"on a disk with room; the previous artifact, if any, is untouched$", proc.stderr, re.M), \
+            proc.stderr[-3000:]
+        assert {p.name: p.read_bytes() for p in (disk / "ingest").iterdir()} == before
+        assert sorted(p.name for p in disk.iterdir()) == ["ingest"], "a partial staging folder was left"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_file_that_appears_in_the_output_while_the_stage_runs_is_never_deleted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The swap checks again that what it replaces is still the stage's own artifact."""
+    from recopt import ingest as ingest_module
+    from recopt.config import ConfigError
+
+    cfg = read_params(write_params(tmp_path, "data.preset=tiny"))
+    ingest_module.ingest(cfg)
+    before = artifacts_tree(tmp_path)
+    real = ingest_module.load_source
+
+    def load_and_meanwhile(c):  # a user saves a note into the artifact folder while the stage works
+        (tmp_path / "data/ingest/notes.txt").write_text("mine\n")
+        return real(c)
+
+    monkeypatch.setattr(ingest_module, "load_source", load_and_meanwhile)
+    with pytest.raises(ConfigError, match=r"data/ingest holds files its ingest manifest does not list, which recopt "
+                                          r"did not write: notes\.txt"):
+        ingest_module.ingest(cfg)
+    assert (tmp_path / "data/ingest/notes.txt").read_text() == "mine\n"
+    assert {k: v for k, v in artifacts_tree(tmp_path).items() if not k.endswith("notes.txt")} == before
+
+
+def test_a_failed_write_outside_an_artifact_is_one_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the stage entry does with a library's out-of-space error raised after the artifact (MLflow's sqlite
+    store, a metrics file): one message, exit 2; any other exception keeps its traceback."""
+    from stages._entry import guarded
+
+    def sqlite_full() -> None:
+        raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
+
+    with pytest.raises(SystemExit) as stop:
+        guarded(sqlite_full)
+    assert stop.value.code == 2
+    assert re.fullmatch(r"error: cannot write a file: the disk is full \(database or disk is full; .* free there\) — "
+                        r"free space on that disk, or write to a folder on a disk with room\n", capsys.readouterr().err)
+    with pytest.raises(ValueError):
+        guarded(lambda: int("not a write error"))
+
+
+def test_a_file_written_outside_the_artifacts_fails_cleanly(tmp_path: Path) -> None:
+    """Run facts, metrics and sweep results are written atomically: a failed write is one error naming the path
+    and the key, and leaves no temporary file."""
+    from recopt.layout import write_text_atomic
+
+    (tmp_path / "metrics").write_text("a file where the folder must be\n")
+    with pytest.raises(ArtifactError, match=rf"^cannot write {tmp_path}/metrics: .+ — make the folder writable, or "
+                                            r"set paths\.metrics to a folder you can write; the previous tune\.json, "
+                                            r"if any, is untouched$"):
+        write_text_atomic(tmp_path / "metrics" / "tune.json", "new\n", "paths.metrics")
+    assert (tmp_path / "metrics").read_text() == "a file where the folder must be\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics"]

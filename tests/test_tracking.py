@@ -6,7 +6,6 @@ their own times, a run is one log_batch, and the links open the training-runs pa
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import socket
