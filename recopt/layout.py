@@ -13,6 +13,7 @@ recopt.artifacts (a staging folder swapped into place).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -161,12 +162,11 @@ def write_atomic(path: Path, write: Callable[[Path], Any], key: str | None = Non
         os.replace(tmp, path)
     except Exception as err:
         why = explain_write_failure(err, path, key, written=(tmp, path))
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         if why is None:
             raise
         raise ArtifactError(f"{why}; the previous {path.name}, if any, is untouched") from err
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str, key: str | None = None) -> None:

@@ -248,10 +248,18 @@ def test_the_file_size_limit_is_one_clean_error_and_the_previous_artifact_stays_
     proc = run_limited(stage_cmd(stage, fold, params), limit)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert re.search(rf"error: {stage}(@\w+)?: cannot write \S+/data/{stage}(/\w+)?: a file reached the file-size limit "
-                     rf"\(File too large.*at most {limit} KiB, `ulimit -f`\) — raise the limit \(`ulimit -f unlimited`\)"
-                     rf", or set paths\.{stage} to a folder on a filesystem that allows larger files; the previous "
-                     r"artifact, if any, is untouched$", proc.stderr, re.M), proc.stderr[-3000:]  # (after a progress bar)
+    if writer == "numpy checkpoints":  # a checkpoint is one file outside the artifact, written atomically
+        expected = (rf"error: cannot write \S+/data/checkpoints/\S+/(batch-\d+)\.npz: a file reached the file-size "
+                    rf"limit \(File too large.*at most {limit} KiB, `ulimit -f`\) — raise the limit \(`ulimit -f "
+                    r"unlimited`\), or set paths\.checkpoints to a folder on a filesystem that allows larger files; the "
+                    r"previous \1\.npz, if any, is untouched$")
+        assert not list((work / "data/checkpoints").rglob("*.tmp*")), "a partial checkpoint was left"
+    else:
+        expected = (rf"error: {stage}(@\w+)?: cannot write \S+/data/{stage}(/\w+)?: a file reached the file-size limit "
+                    rf"\(File too large.*at most {limit} KiB, `ulimit -f`\) — raise the limit \(`ulimit -f unlimited`\)"
+                    rf", or set paths\.{stage} to a folder on a filesystem that allows larger files; the previous "
+                    r"artifact, if any, is untouched$")
+    assert re.search(expected, proc.stderr, re.M), proc.stderr[-3000:]  # (after a progress bar)
     assert artifacts_tree(work) == before, "an artifact changed"
     assert not [*(work / "data").rglob(".*.staging-*"), *(work / "data").rglob(".*.old-*")]
 
