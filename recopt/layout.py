@@ -57,7 +57,7 @@ METRICS = {"metrics": "{fold}.json", "curve": "{fold}_alpha_curve.csv"}
 # what a Hydra sweep job leaves for the sweep's comparison, in its own folder
 JOB_FILES = {"result": "result.json", "arrays": "result.npz"}
 # what each MLflow child run uploads besides its metrics
-RUN_FILES = {"slices": "slices.csv", "per_user": "per_user.parquet"}
+RUN_FILES = {"slices": "slices.csv"}
 
 
 def dvc_name(stage: str, fold: str | None = None) -> str:

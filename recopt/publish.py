@@ -201,11 +201,10 @@ def write_dvc_metrics(cfg: Config, outcome: FoldOutcome) -> None:
 def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, Comparison | None]], family: str,
            start_ms: int, ds: tracking.DatasetInfo) -> tracking.RunRecord:
     label = run_label(r)
-    files = [mlflow_scratch(cfg.paths, family, label, "slices"), mlflow_scratch(cfg.paths, family, label, "per_user")]
+    files = [mlflow_scratch(cfg.paths, family, label, "slices")]
     files[0].parent.mkdir(parents=True, exist_ok=True)
     rows = slice_summaries(r, data)
     pl.DataFrame(rows).write_csv(files[0])
-    per_user_frame([r], data).write_parquet(files[1])
     m: dict[str, float] = dict(r.summary) | {"alpha_time_sec": r.seconds, "fallback_users": r.fallback_users}
     for row in rows:
         m |= {f"{row['slice']}.{k}": row[k] for k in metrics.shown_in(metrics.SLICE)} | {f"{row['slice']}.users": row["users"]}
@@ -213,7 +212,8 @@ def _child(cfg: Config, data: EvalData, r: Run, intervals: dict[int, dict[str, C
         m |= {f"vs_alpha_star.{metric_name}.{k}": (getattr(c, k) if c is not None else 0.0)  # alpha* itself: 0
               for k in ("diff", "diff_lo", "diff_hi")}
     cold = [p.part for p in r.pieces[1:]] if r.main.kind == PartKind.ALPHA else []
-    params = {**(r.config or tracking.config_params(cfg)), "alpha": r.alpha if r.alpha is not None else "none",
+    # the config is the parent's (a sweep job's own, which may differ between jobs, is the child's)
+    params = {**r.config, "alpha": r.alpha if r.alpha is not None else "none",
               "role": r.role.value, "parts": ", ".join(part_label(p.part) for p in r.pieces),
               "cold_rule": " | else ".join(part_label(p) for p in cold) or "none", "fold": data.fold}
     return tracking.RunRecord(
@@ -228,9 +228,10 @@ def track(cfg: Config, data: EvalData, runs: list[Run], *, root: Path, kind: str
           chosen_alpha: float | None, family: str | None = None,
           intervals: list[tuple[Run, dict[str, Comparison]]] = (),  # type: ignore[assignment]
           facts: tuple[dict[str, float], dict[str, str]] = ({}, {})) -> tuple[float, str]:
-    """Log an evaluation to MLflow: a parent (`<dataset> · <kind> · <held-out>`, the chosen run's headline
-    metrics, the report, plot and tables under `root`, and `facts`: more (metrics, tags) of the parent, e.g.
-    the stability of the choices and the gates) with a child per run. Returns the seconds it took and the
+    """Log an evaluation to MLflow: a parent (`<dataset> · <kind> · <held-out>`, the config, the chosen run's
+    headline metrics, the report, plot and tables under `root`, and `facts`: more (metrics, tags) of the
+    parent, e.g. the stability of the choices and the gates) with a child per run -- but for the cold-start
+    grid's information rows, which are in the parent's runs.csv. Returns the seconds it took and the
     link that opens the parent as a training run."""
     t = time.perf_counter()
     ds = dataset_info(data)
@@ -239,7 +240,7 @@ def track(cfg: Config, data: EvalData, runs: list[Run], *, root: Path, kind: str
     against: dict[int, dict[str, Comparison | None]] = {id(x): dict(c) for x, c in intervals}
     if intervals:
         against |= {id(r): dict.fromkeys(intervals[0][1]) for r in runs if r.role == Role.ALPHA_STAR}
-    children = [_child(cfg, data, r, against, family, start_ms, ds) for r in runs]
+    children = [_child(cfg, data, r, against, family, start_ms, ds) for r in runs if r.role != Role.COLD_GRID]
     chosen = [r for r in runs if r.role in (Role.ALPHA_STAR, Role.SWEEP_BEST)]
     parent = tracking.RunRecord(
         name=f"{ds.name} · {kind} · {HELDOUT[data.fold]}", start_ms=start_ms, end_ms=int(finished * 1000),
