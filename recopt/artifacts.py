@@ -179,6 +179,7 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
                             f"(format {manifest.get('format')}), not {name} — {fix}")
     problems = []
     state = hash_state(paths)  # an unchanged file is verified by its identity, a changed one hashed anew
+    started = time.perf_counter()
     for rel, entry in sorted(files.items()):
         p = root / rel
         try:
@@ -190,6 +191,9 @@ def open_artifact(paths: Any, stage: str, fold: str | None = None, *, reader: st
             problems.append(f"{rel} has {st.st_size} bytes, the manifest says {entry['bytes']}")
         elif state.digest(p, st) != entry["sha256"]:
             problems.append(f"{rel} was changed after the stage wrote it (content hash differs)")
+    if time.perf_counter() - started > 2:
+        log.info("%s: verified %s (%d files, %.2f GB) in %.1f s", reader, name, len(files),
+                 sum(e["bytes"] for e in files.values()) / 2**30, time.perf_counter() - started)
     listed = set(files) | {MANIFEST}
     extra = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
                    and str(p.relative_to(root)) not in listed)
@@ -249,6 +253,7 @@ class Output:
         self.sources: list[Stored] = []
         self.summary: dict[str, Any] = {}
         self.timings: dict[str, float] = {}
+        self.known: dict[str, str] = {}  # sha256 of staged files linked from a verified artifact (not re-read)
         self.facts_path = run_facts_path(cfg.paths, label(stage, fold))
         self.started = time.perf_counter()
         try:
@@ -304,7 +309,8 @@ class Output:
         files = {}
         for p in sorted(self.staging.rglob("*")):
             if p.is_file():
-                files[str(p.relative_to(self.staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                rel = str(p.relative_to(self.staging))
+                files[rel] = {"bytes": p.stat().st_size, "sha256": self.known.get(rel) or sha256_file(p)}
         params: dict[str, Any] = {}
         for src in self.sources:
             params.update(src.manifest.get("params", {}))

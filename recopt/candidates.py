@@ -114,9 +114,16 @@ def user_item_matrix(df: pl.DataFrame, user_ids: NDArray, item_ids: NDArray,
     rows = positions(user_ids, df["userId"].to_numpy())
     cols = positions(item_ids, df["movieId"].to_numpy())
     data = np.ones(len(rows), dtype=np.float32) if weights is None else weights.astype(np.float32)
-    m = sp.csr_matrix((data, (rows, cols)), shape=(len(user_ids), len(item_ids)))
-    m.sum_duplicates()
+    shape = (len(user_ids), len(item_ids))
+    if len(rows) and np.all(rows[1:] >= rows[:-1]):  # grouped by user (the split's order): no COO sort
+        indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum(np.bincount(rows, minlength=shape[0]))
+        m = sp.csr_matrix((data, cols.astype(np.int32), indptr), shape=shape)
+        m.has_sorted_indices = False
+    else:
+        m = sp.csr_matrix((data, (rows, cols)), shape=shape)
     m.sort_indices()
+    m.sum_duplicates()
     return m
 
 

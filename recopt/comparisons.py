@@ -27,11 +27,12 @@ from numpy.typing import NDArray
 
 from recopt import gates
 from recopt.config import SLICES
+from recopt.metrics import INTERVAL, shown_in
 from recopt.runs import Run, common_users, on_users, user_slices
 from recopt.selection import COLD_ROLES, KEY, TIE, winners
 
 _CHUNK_BYTES = 64 * 2**20  # bounds the (samples x users) count block of one bootstrap chunk
-GATE_METRICS = ("recall@10", "map@10", "ndcg@10")
+GATE_METRICS = tuple(shown_in(INTERVAL))  # recall@10, map@10, ndcg@10 (recopt.metrics registry)
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,8 @@ def paired_bootstrap(values: NDArray[np.float64], n_samples: int, rng: np.random
     """Column means of `values` (n_users, m) under `n_samples` resamplings of the users.
 
     Every column sees the same resampled users (a paired bootstrap for all columns at once):
-    each sample draws n user indices with replacement, counts them, and takes the count-weighted
-    means. Returns (n_samples, m); deterministic for a given `rng` state and input shape.
+    each sample draws n user indices with replacement (int32 draws), counts them, and takes the
+    count-weighted means. Returns (n_samples, m); deterministic for a given `rng` state and input shape.
 
     Raises ValueError for an input that is not 2-D, has no user, holds NaN or Inf (one NaN
     would poison every sample), or for fewer than one sample.
@@ -106,8 +107,10 @@ def paired_bootstrap(values: NDArray[np.float64], n_samples: int, rng: np.random
     chunk = max(1, _CHUNK_BYTES // (16 * n))
     for start in range(0, n_samples, chunk):  # chunks of bootstrap samples
         c = min(chunk, n_samples - start)
-        idx = rng.integers(0, n, size=(c, n)) + (np.arange(c) * n)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=c * n).reshape(c, n).astype(np.float64)
+        idx = rng.integers(0, n, size=(c, n), dtype=np.int32)
+        counts = np.empty((c, n), dtype=np.float64)
+        for i in range(c):  # per sample: no (c * n)-sized offset array, a bincount in cache
+            counts[i] = np.bincount(idx[i], minlength=n)
         out[start:start + c] = counts @ values / n
     return out
 
@@ -151,25 +154,43 @@ def intervals(star: Run, runs: list[Run], n_samples: int,
 
 
 def gate1(star: Run, base: Run, data: Any, min_lift: float, n_samples: int, rng: np.random.Generator) -> Gate:
-    """alpha* vs the best baseline on every common user and on each slice."""
+    """alpha* vs the best baseline on every common user and on each slice.
+
+    Args:
+        star: alpha*'s run; base: the best baseline's (both chosen on validation).
+        data: the fold's evaluation data (its users table gives each user's slice).
+        min_lift: evaluate.gate_min_lift; n_samples, rng: the paired bootstrap's.
+    Returns:
+        The verdict (recopt.gates.gate1_verdict on the lift and the LOWER end of its interval), the
+        comparisons on recall@10, map@10 and ndcg@10, and the same verdict per slice.
+    """
     users = common_users([star, base])
     if not len(users):
         return Gate(gates.NOT_EVALUATED, "no user both runs served", star, base, reason="no common user")
     overall = compare_many(base, [star], users, GATE_METRICS, n_samples, rng)[0]
-    r = overall["recall@10"]
+    r = overall[KEY]
     labels = user_slices(users, data)
     per_slice = {}
     for name in SLICES:
         sub = users[labels == name]
         if len(sub):
-            c = compare_many(base, [star], sub, ("recall@10",), n_samples, rng)[0]["recall@10"]
+            c = compare_many(base, [star], sub, (KEY,), n_samples, rng)[0][KEY]
             per_slice[name] = (gates.gate1_verdict(c.lift, c.lift_lo, min_lift), c)
     return Gate(gates.gate1_verdict(r.lift, r.lift_lo, min_lift), f"every evaluated user ({len(users)})", star,
                 base, overall, per_slice)
 
 
 def gate2(star: Run, comparator: Run | None, data: Any, n_samples: int, rng: np.random.Generator) -> Gate:
-    """The served cold-slice ranking vs the comparator, on the cold slice only."""
+    """The served cold-slice ranking vs the comparator, on the cold slice only.
+
+    Args:
+        star: alpha*'s run (its cold-slice users are served by the cold rule).
+        comparator: the cold slice's comparator chosen on validation (None: no such baseline).
+        data, n_samples, rng: as for :func:`gate1`.
+    Returns:
+        PASS / INCONCLUSIVE / FAIL by recopt.gates.gate2_verdict, or NOT EVALUATED with the reason (no
+        comparator, an empty cold slice).
+    """
     if comparator is None:
         return Gate(gates.NOT_EVALUATED, "cold slice", star, None,
                     reason="no content_only or popularity baseline is configured (evaluate.baselines)")
@@ -180,7 +201,7 @@ def gate2(star: Run, comparator: Run | None, data: Any, n_samples: int, rng: np.
                     reason="the cold slice is empty: no evaluated user is without a factor from the fit "
                            "(see split.cold_user_frac and split.cold_user_train_n)")
     c = compare_many(comparator, [star], users, GATE_METRICS, n_samples, rng)[0]
-    return Gate(gates.gate2_verdict(c["recall@10"].diff, c["recall@10"].diff_hi), f"cold slice ({len(users)} users)",
+    return Gate(gates.gate2_verdict(c[KEY].diff, c[KEY].diff_hi), f"cold slice ({len(users)} users)",
                 star, comparator, c)
 
 

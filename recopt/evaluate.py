@@ -206,7 +206,9 @@ def evaluate_parts(cfg: Config, data: EvalData, parts: tuple[Part, ...], *, dead
             if part_task_fields(missing[b])["pool"]:
                 g = pool_groups[b]
                 pool = read_pool(data.candidates, b, g["pool_size"].to_numpy(), g["user"].to_numpy())
-                keep = np.isin(pool["user"], users_of[b])
+                evaluated = np.zeros(data.n_users, dtype=bool)  # a mask over the user index: no sort (np.isin)
+                evaluated[users_of[b]] = True
+                keep = evaluated[pool["user"]]
                 pool = {name: col[keep] for name, col in pool.items()}
             yield Task(batch=b, users=users_of[b], pool=pool, parts=missing[b])
 

@@ -1,5 +1,6 @@
-"""Compiled inner loops (numba): dot products of gathered (row, col) pairs, each user's final list
-(shortlist + MMR), and the top-k scoring of the two reference recommenders.
+"""Compiled inner loops (numba): dot products of gathered (row, col) pairs, the blend and the final
+score of every candidate, each user's final list (shortlist + MMR), and the top-k scoring of the two
+reference recommenders.
 
 All are serial and release the GIL: parallelism comes from the batch executor (recopt.engine),
 which runs user batches on several threads or Ray workers, so a batch computes the same bits
@@ -35,6 +36,39 @@ def pair_dots(a: NDArray[np.float32], b: NDArray[np.float32],
     out = np.empty(len(rows), dtype=np.float32)
     for p in range(len(rows)):
         out[p] = dot(a[rows[p]], b[cols[p]])
+    return out
+
+
+@njit(nogil=True, cache=True)
+def mix(content: NDArray[np.float32], collab: NDArray[np.float32], a: np.float32,
+        b: np.float32) -> NDArray[np.float32]:
+    """a * content + b * collab where both are known; the known one where one is missing (NaN); 0 where
+    neither. float32, one rounding per operation, no contraction: the bits numpy's float32 arithmetic
+    gives (recopt.scoring.blend)."""
+    out = np.empty(len(content), dtype=np.float32)
+    for i in range(len(content)):
+        c, f = content[i], collab[i]
+        if c == c and f == f:
+            out[i] = a * c + b * f
+        elif f == f:
+            out[i] = f
+        elif c == c:
+            out[i] = c
+        else:
+            out[i] = np.float32(0.0)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def weigh(hybrid: NDArray[np.float32], quality: NDArray[np.float32], recency: NDArray[np.float32],
+          provider: NDArray[np.float32], w: np.float32, wq: np.float32, wr: np.float32,
+          wp: np.float32) -> NDArray[np.float32]:
+    """w * hybrid + wq * quality + wr * recency + wp * provider, summed left to right in float32 and
+    clipped to [0, 1] (NaN stays NaN): the bits of the numpy expression (recopt.scoring.final_scores)."""
+    out = np.empty(len(hybrid), dtype=np.float32)
+    for i in range(len(hybrid)):
+        x = w * hybrid[i] + wq * quality[i] + wr * recency[i] + wp * provider[i]
+        out[i] = x if x != x else min(max(x, np.float32(0.0)), np.float32(1.0))
     return out
 
 

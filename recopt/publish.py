@@ -27,16 +27,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recopt import metrics, report, tracking
-from recopt.artifacts import Output, add_run_facts, open_artifact
+from recopt.artifacts import Output, add_run_facts, hash_state, open_artifact
 from recopt.config import HELDOUT, Config
 from recopt.evaluate import EvalData, load_part
 from recopt.layout import MANIFEST, checkpoint_file, dump_json, metrics_path, mlflow_scratch, write_text_atomic
-from recopt.hashstate import sha256_file
 from recopt.runlog import Progress
 from recopt.comparisons import Comparison
 from recopt.methods import PartKind
 from recopt.runs import Run, combine, slice_summaries
-from recopt.selection import ALPHA_ROLES, Role, part_label, role_label, run_label
+from recopt.selection import ALPHA_ROLES, KEY, Role, part_label, role_label, run_label
 from recopt.study import FoldOutcome
 
 
@@ -58,18 +57,21 @@ def lists_key(run: Run, outcome: FoldOutcome) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _reuse(out: Output, rel: str) -> bool:
+def _reuse(out: Output, rel: str, paths: object) -> bool:
     """Hard-link part `rel` of the artifact in place into the staging folder when that artifact's manifest
-    vouches for its bytes (the same key means the same content); False when there is none to reuse."""
+    vouches for its bytes (the same key means the same content; the bytes are checked against the manifest
+    through recopt.hashstate, so an unchanged file is not read again); False when there is none to reuse."""
     old = out.root / rel
     try:
         entry = json.loads((out.root / MANIFEST).read_text())["files"].get(rel)
-        if entry is None or old.stat().st_size != entry["bytes"] or sha256_file(old) != entry["sha256"]:
+        st = old.stat()
+        if entry is None or st.st_size != entry["bytes"] or hash_state(paths).digest(old, st) != entry["sha256"]:
             return False
         os.link(old, out.staging / rel)
-        return True
     except (OSError, ValueError, KeyError):
         return False
+    out.known[rel] = entry["sha256"]
+    return True
 
 
 def _lists(out: Output, outcome: FoldOutcome) -> dict[str, int]:
@@ -84,7 +86,7 @@ def _lists(out: Output, outcome: FoldOutcome) -> dict[str, int]:
     todo: dict[int, tuple[Run, Path]] = {}
     for r in outcome.runs:
         path = out.part("lists", lists_key(r, outcome))
-        if not _reuse(out, str(path.relative_to(out.staging))):
+        if not _reuse(out, str(path.relative_to(out.staging)), out.cfg.paths):
             todo[id(r)] = (r, path)
     writers: dict[int, pq.ParquetWriter] = {}
     with Progress(len(outcome.passes[0].done), f"evaluate@{outcome.fold} lists ({len(todo)} runs)", "batches") as bar:
@@ -125,13 +127,21 @@ def per_user_frame(runs: list[Run], data: EvalData) -> pl.DataFrame:
 
 
 def _curve(outcome: FoldOutcome) -> pl.DataFrame:
-    rows = [{"alpha": r.alpha, **{m: r.summary[m] for m in ("recall@10", "ndcg@10", "map@10", "coverage@10")}}
+    rows = [{"alpha": r.alpha, **{m: r.summary[m] for m in metrics.shown_in(metrics.HEADLINE)}}
             for r in outcome.find(*ALPHA_ROLES)]
     return pl.DataFrame(rows).sort("alpha")
 
 
 def write_artifact(out: Output, cfg: Config, outcome: FoldOutcome) -> dict[str, pl.DataFrame]:
-    """Every file of the evaluate artifact of `outcome`'s fold; returns the tables it wrote."""
+    """Every file of the evaluate artifact of `outcome`'s fold.
+
+    Args:
+        out: the evaluate artifact being written (its staging folder).
+        cfg: the run's config.
+        outcome: what recopt.study computed for the fold.
+    Returns:
+        The tables it wrote (runs, tuning_results, slices), by name.
+    """
     data, runs, sel = outcome.data, outcome.runs, outcome.selection
     ks = sorted(set(cfg.evaluate.ks))
     skipped = sum(data.skipped.values())
@@ -153,7 +163,7 @@ def write_artifact(out: Output, cfg: Config, outcome: FoldOutcome) -> dict[str, 
         intervals.write_csv(out.path("intervals"))
         parts = _lists(out, outcome)
         out.parquet("per_user", per_user_frame(runs, data))
-    base = {run_label(r): r.summary["recall@10"] for r in outcome.find(Role.BASELINE_BEST, Role.BASELINE)} \
+    base = {run_label(r): r.summary[KEY] for r in outcome.find(Role.BASELINE_BEST, Role.BASELINE)} \
         if outcome.fold == "test" else {}
     report.plot_alpha_curve(curves, base, sel.alpha.chosen, out.path("plot"))
     cold = report.cold_table(runs, data)
@@ -185,13 +195,13 @@ def write_dvc_metrics(cfg: Config, outcome: FoldOutcome) -> None:
     cold = [s for s in slice_summaries(star, outcome.data) if s["slice"] == "cold"][0]
     block: dict[str, Any] = {"alpha": _headline(mine),
                              "star": {"alpha": sel.alpha.chosen, "share": round(sel.alpha_star_share, 4),
-                                      **_headline(star), "cold_recall@10": round(cold["recall@10"], 6)}}
+                                      **_headline(star), f"cold_{KEY}": round(cold[KEY], 6)}}
     if outcome.fold == "tune":
         block["star"]["at_edge"] = sel.alpha.edge is not None
     if outcome.gates is not None:
         g1, g2 = outcome.gates.gate1, outcome.gates.gate2
         block["gate1"] = g1.verdict
-        block["gate1_lift"] = round(g1.comparisons["recall@10"].lift, 6) if "recall@10" in g1.comparisons else None
+        block["gate1_lift"] = round(g1.comparisons[KEY].lift, 6) if KEY in g1.comparisons else None
         block["gate2"] = g2.verdict
     write_text_atomic(metrics_path(cfg.paths, "metrics", outcome.fold), dump_json({METRICS_ROOT[outcome.fold]: block}),
                       "paths.metrics")
@@ -289,8 +299,8 @@ def parent_facts(outcome: FoldOutcome) -> tuple[dict[str, float], dict[str, str]
     if outcome.gates is not None:
         for name, g in (("gate1", outcome.gates.gate1), ("gate2", outcome.gates.gate2)):
             tags[f"recopt.{name}"] = g.verdict
-            if "recall@10" in g.comparisons:
-                c = g.comparisons["recall@10"]
+            if KEY in g.comparisons:
+                c = g.comparisons[KEY]
                 metrics_ |= {f"{name}.lift": c.lift, f"{name}.lift_lo": c.lift_lo, f"{name}.lift_hi": c.lift_hi,
                              f"{name}.diff": c.diff, f"{name}.diff_lo": c.diff_lo, f"{name}.diff_hi": c.diff_hi}
         for slice_name, (verdict, c) in outcome.gates.gate1.per_slice.items():

@@ -16,12 +16,13 @@ from recopt import metrics
 from recopt.comparisons import Comparison, Gate, Gates
 from recopt.config import HELDOUT
 from recopt.runs import Run, slice_summaries
-from recopt.selection import ALPHA_ROLES, COLD_ROLES, Role, Selection, part_label, role_label, run_label
+from recopt.selection import ALPHA_ROLES, COLD_ROLES, KEY, Role, Selection, part_label, role_label, run_label
 
 # The study's columns first (the seed's tuning_results.csv). Its alpha_time_sec is a run fact: it lives in
 # paths.runs/evaluate@<fold>.json and in MLflow, never in a DVC-tracked table (identical results hash alike).
 USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10", "alpha_timed_out"]
 CONSOLE_COLD_ROWS = 3  # cold-rule rows the console shows besides the chosen one
+PLOT_METRICS = ("recall@10", "ndcg@10", "coverage@10")  # the panels of alpha_curve.png
 
 
 def _row(r: Run, skipped: int, ks: list[int], with_time: bool) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def console_table(runs: list[Run], star: Run | None, width: int = 44) -> str:
     head = f"  {'run':<{width}} " + " ".join(f"{c:>11}" for c in cols)
     lines = [head, "  " + "-" * (len(head) - 2)]
     cold = [r for r in runs if r.role in COLD_ROLES]
-    shown = sorted(cold, key=lambda r: (r.role != Role.COLD_CHOSEN, r.role != Role.COLD_SEED, -r.summary["recall@10"]))
+    shown = sorted(cold, key=lambda r: (r.role != Role.COLD_CHOSEN, r.role != Role.COLD_SEED, -r.summary[KEY]))
     keep = {id(r) for r in shown[:CONSOLE_COLD_ROWS + 1]}
     for r in runs:
         if r.role in COLD_ROLES and id(r) not in keep:
@@ -117,8 +118,8 @@ def gate_lines(gates: Gates, min_lift: float) -> list[str]:
     """The two gate verdicts as sentences, each saying which users it covers; gate 1 per slice."""
     g1, g2 = gates.gate1, gates.gate2
     lines = []
-    if "recall@10" in g1.comparisons:
-        r = g1.comparisons["recall@10"]
+    if KEY in g1.comparisons:
+        r = g1.comparisons[KEY]
         lines.append(f"Gate 1 {g1.verdict}: {run_label(g1.run)} vs {run_label(g1.against)} (best baseline on "
                      f"validation) on test Recall@10, {g1.scope}: {r.value:.4f} vs {r.other:.4f}, lift "
                      f"{_ci(r, True)}; required {min_lift:+.0%} with the interval above 0.")
@@ -126,8 +127,8 @@ def gate_lines(gates: Gates, min_lift: float) -> list[str]:
                   for name, (v, c) in g1.per_slice.items()]
     else:
         lines.append(f"Gate 1 {g1.verdict}: {g1.reason}")
-    if "recall@10" in g2.comparisons:
-        c = g2.comparisons["recall@10"]
+    if KEY in g2.comparisons:
+        c = g2.comparisons[KEY]
         lines.append(f"Gate 2 {g2.verdict}: {g2.scope}, the served cold rule vs {run_label(g2.against)}: "
                      f"{c.value:.4f} vs {c.other:.4f}, difference {_ci(c, False)}.")
     else:
@@ -225,13 +226,13 @@ def plot_alpha_curve(curves: dict[str, pl.DataFrame], baselines: dict[str, float
     for fold, t in curves.items():
         x = t["alpha"].to_numpy()
         style = "-" if fold == "validation" else "--"
-        for ax, m in zip(axes, ("recall@10", "ndcg@10", "coverage@10")):
+        for ax, m in zip(axes, PLOT_METRICS):
             ax.plot(x, t[m].to_numpy(), style, marker="o", label=f"{fold}")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, value) in enumerate(baselines.items()):
         axes[0].axhline(value, color=colours[(i + 2) % len(colours)], linestyle=":", linewidth=1.2,
                         label=f"{name} ({baselines_on})")
-    for ax, title in zip(axes, ("Recall@10", "NDCG@10", "coverage@10")):
+    for ax, title in zip(axes, PLOT_METRICS):
         if alpha_star is not None:
             ax.axvline(alpha_star, color="grey", linewidth=1, label="alpha* (validation)" if ax is axes[0] else None)
         ax.set_title(title)

@@ -48,6 +48,7 @@ class Run:
     overrides: tuple[str, ...] = ()          # a sweep job's other swept keys (`rerank.mmr_lambda=0.1`)
     config: dict[str, str] = field(default_factory=dict)   # a sweep job's own flattened config
     cold_from_config: bool = False           # a sweep job whose cold rule is the config's, not validation's
+    slice_rows: list[dict[str, Any]] | None = field(default=None, repr=False)  # slice_summaries, once
 
     @property
     def alpha(self) -> float | None:
@@ -84,7 +85,17 @@ def combine(pieces: list[tuple[NDArray[np.int32], dict[str, NDArray], str | None
 
 def join(role: Role, pieces: list[tuple[PartResult, str | None]], data: EvalData, *, complete: bool = True,
          overrides: tuple[str, ...] = (), config: dict[str, str] | None = None) -> Run:
-    """A run made of parts, each restricted to one slice's users or taken whole (:func:`combine`)."""
+    """A run made of parts, each restricted to one slice's users or taken whole (:func:`combine`).
+
+    Args:
+        role: how the row came to be (recopt.selection.Role).
+        pieces: (a part's results, the slice kept or None), in serving order.
+        data: the fold's evaluation data.
+        complete: False for a partial pass (never chosen).
+        overrides, config: a sweep job's other swept keys and its own flattened config.
+    Returns:
+        The run, its summary computed.
+    """
     users, arrays = combine([(p.users, {"top": p.top, **p.per_user}, keep) for p, keep in pieces], data)
     top = arrays.pop("top", np.zeros((0, 0), np.int32))
     run = Run(role=role, pieces=tuple(Piece(p.part, keep) for p, keep in pieces), users=users, top=top,
@@ -94,6 +105,16 @@ def join(role: Role, pieces: list[tuple[PartResult, str | None]], data: EvalData
     return run
 
 
+def _users(data: EvalData) -> tuple[NDArray[np.int32], pl.DataFrame]:
+    """The evaluated users ascending, and their table in that order."""
+    table = data.users
+    users = table["user"].to_numpy()
+    if len(users) > 1 and not np.all(users[1:] > users[:-1]):
+        table = table.sort("user")
+        users = table["user"].to_numpy()
+    return users, table
+
+
 def summarise(run: Run, data: EvalData, users: NDArray[np.bool_] | None = None) -> dict[str, float]:
     """Means over the run's users (or the subset `users`) of every per-user metric, the catalog metrics of
     the registry, pool recall and the mean pool size."""
@@ -101,25 +122,27 @@ def summarise(run: Run, data: EvalData, users: NDArray[np.bool_] | None = None) 
     s = metrics.summarise({k: pick(v) for k, v in run.per_user.items()})
     top = pick(run.top)
     s |= metrics.catalog_metrics(top, data.popularity_share)
-    ev = data.users.filter(pl.col("user").is_in(pl.Series(pick(run.users)).implode()))
-    s["pool_recall"] = float(ev["pool_recall"].mean() or 0.0)
-    s["mean_cand"] = float(ev["pool_size"].mean() or 0.0)
+    index, table = _users(data)
+    pos = np.searchsorted(index, pick(run.users))
+    for key, column in (("pool_recall", "pool_recall"), ("mean_cand", "pool_size")):
+        s[key] = float(table[column].to_numpy()[pos].astype(np.float64).mean()) if len(pos) else 0.0
     s["users_eval"] = float(len(top))
     return s
 
 
 def user_slices(users: NDArray[np.int32], data: EvalData) -> NDArray[np.str_]:
     """The slice label of each user (all must be evaluated users)."""
-    table = data.users.select("user", "slice").sort("user")
-    pos = np.searchsorted(table["user"].to_numpy(), users)
-    return table["slice"].to_numpy()[pos]
+    index, table = _users(data)
+    return table["slice"].to_numpy()[np.searchsorted(index, users)]
 
 
 def slice_summaries(run: Run, data: EvalData) -> list[dict[str, Any]]:
-    """The run's summary on each slice (users, then every summary value)."""
-    labels = user_slices(run.users, data)
-    return [{"slice": name, "users": int((labels == name).sum()), **summarise(run, data, labels == name)}
-            for name in SLICES]
+    """The run's summary on each slice (users, then every summary value); computed once per run."""
+    if run.slice_rows is None:
+        labels = user_slices(run.users, data)
+        run.slice_rows = [{"slice": name, "users": int((labels == name).sum()), **summarise(run, data, labels == name)}
+                          for name in SLICES]
+    return run.slice_rows
 
 
 def common_users(runs: list[Run]) -> NDArray[np.int32]:
@@ -128,7 +151,8 @@ def common_users(runs: list[Run]) -> NDArray[np.int32]:
         return np.zeros(0, np.int32)
     users = runs[0].users
     for r in runs[1:]:
-        users = np.intersect1d(users, r.users)
+        if r.users is not users and not np.array_equal(r.users, users):  # most runs share their users
+            users = np.intersect1d(users, r.users)
     return users
 
 

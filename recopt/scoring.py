@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recopt.config import RerankConfig
+from recopt.kernels import mix, weigh
 from recopt.keys import segment_lengths, segment_starts
 
 
@@ -54,11 +55,10 @@ def minmax_per_user(x: NDArray[np.float32], starts: NDArray[np.int64]) -> NDArra
 
 
 def blend(content: NDArray[np.float32], collab: NDArray[np.float32], alpha: float) -> NDArray[np.float32]:
-    """alpha * content + (1 - alpha) * collab on normalised inputs, with the cold-start fallbacks."""
-    has_c, has_f = ~np.isnan(content), ~np.isnan(collab)
-    mixed = alpha * np.nan_to_num(content) + (1.0 - alpha) * np.nan_to_num(collab)
-    out = np.where(has_c & has_f, mixed, np.where(has_f, collab, np.where(has_c, content, 0.0)))
-    return out.astype(np.float32)
+    """alpha * content + (1 - alpha) * collab on normalised inputs, with the cold-start fallbacks
+    (float32; a compiled loop, recopt.kernels.mix)."""
+    return mix(np.asarray(content, np.float32), np.asarray(collab, np.float32), np.float32(alpha),
+               np.float32(1.0 - alpha))
 
 
 def impute_user_mean(x: NDArray[np.float32], starts: NDArray[np.int64]) -> NDArray[np.float32]:
@@ -90,10 +90,11 @@ def cold_blend(content: NDArray[np.float32], prior: NDArray[np.float32], beta: f
 
 def final_scores(hybrid: NDArray[np.float32], quality: NDArray[np.float32], recency: NDArray[np.float32],
                  provider: NDArray[np.float32], cfg: RerankConfig) -> NDArray[np.float32]:
-    """Add the secondary signals to the hybrid score (all inputs in [0, 1])."""
+    """Add the secondary signals to the hybrid score (all inputs in [0, 1]; float32, a compiled loop,
+    recopt.kernels.weigh)."""
     w = 1.0 - cfg.w_quality - cfg.w_recency - cfg.w_provider
-    out = w * hybrid + cfg.w_quality * quality + cfg.w_recency * recency + cfg.w_provider * provider
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return weigh(*(np.asarray(x, np.float32) for x in (hybrid, quality, recency, provider)), np.float32(w),
+                 np.float32(cfg.w_quality), np.float32(cfg.w_recency), np.float32(cfg.w_provider))
 
 
 @dataclass(frozen=True)

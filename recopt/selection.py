@@ -210,14 +210,14 @@ class Selection:
         return {
             "format": FORMAT, "rule": self.rule,
             "alpha": {"chosen": a.chosen, "grid": list(a.grid), "tried": list(a.tried), "added": list(a.added),
-                      "recall@10": [[x, a.recall[x]] for x in a.tried], "edge": a.edge, "limit": a.limit},
+                      KEY: [[x, a.recall[x]] for x in a.tried], "edge": a.edge, "limit": a.limit},
             "adaptive": self.adaptive,
             "cold": {"rule": self.cold.to_json(), "users": self.cold_users,
-                     "recall@10": [[r.to_json(), v] for r, v in self.cold_recall]},
-            "baseline": {"chosen": self.baseline, "recall@10": self.baseline_recall},
+                     KEY: [[r.to_json(), v] for r, v in self.cold_recall]},
+            "baseline": {"chosen": self.baseline, KEY: self.baseline_recall},
             "cold_comparator": self.cold_comparator,
             "references": {n: {"part": r.part.to_json(), "users": r.users, "items_covered": r.items_covered,
-                               "recall@10": [[v, x] for v, x in r.recall.items()]} for n, r in self.references.items()},
+                               KEY: [[v, x] for v, x in r.recall.items()]} for n, r in self.references.items()},
             "stability": {"samples": st.samples, "alpha": [list(p) for p in st.alpha],
                           "alpha_range": list(st.alpha_range), "baseline": [list(p) for p in st.baseline],
                           "cold": [[r.to_json(), s] for r, s in st.cold]},
@@ -231,14 +231,14 @@ class Selection:
         a, c, st = d["alpha"], d["cold"], d["stability"]
         return cls(
             alpha=AlphaSearch(chosen=a["chosen"], grid=tuple(a["grid"]), tried=tuple(a["tried"]),
-                              added=tuple(a["added"]), recall={x: v for x, v in a["recall@10"]}, edge=a["edge"],
+                              added=tuple(a["added"]), recall={x: v for x, v in a[KEY]}, edge=a["edge"],
                               limit=a["limit"]),
             adaptive=dict(d["adaptive"]), cold=ColdRule.from_json(c["rule"]), cold_users=c["users"],
-            cold_recall=tuple((ColdRule.from_json(r), v) for r, v in c["recall@10"]),
-            baseline=d["baseline"]["chosen"], baseline_recall=dict(d["baseline"]["recall@10"]),
+            cold_recall=tuple((ColdRule.from_json(r), v) for r, v in c[KEY]),
+            baseline=d["baseline"]["chosen"], baseline_recall=dict(d["baseline"][KEY]),
             cold_comparator=d["cold_comparator"],
             references={n: ReferenceChoice(part=Part.from_json(r["part"]), users=r["users"],
-                                           recall={v: x for v, x in r["recall@10"]},
+                                           recall={v: x for v, x in r[KEY]},
                                            items_covered=r["items_covered"]) for n, r in d["references"].items()},
             stability=Stability(samples=st["samples"], alpha=tuple((x, s) for x, s in st["alpha"]),
                                 alpha_range=(st["alpha_range"][0], st["alpha_range"][1]),
@@ -296,6 +296,12 @@ def next_alphas(tried: tuple[float, ...] | list[float], chosen: float, grid: tup
     At an inner edge: the next two points outward at the grid's spacing (clamped to [0, 1]).
     Interior: the midpoints to alpha*'s neighbours among the tried points, while they are at
     least a quarter of the grid's spacing apart. Rounded to 6 decimals; never a tried point.
+
+    Args:
+        tried: every alpha evaluated so far; chosen: the current alpha*; grid: the user's grid (its
+            smallest gap is the step); budget: how many more points the search may add.
+    Returns:
+        The points to evaluate next, in order.
     """
     step, values = grid_step(grid), sorted(set(tried))
     side = edge(values, chosen)

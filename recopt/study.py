@@ -36,7 +36,7 @@ from recopt.methods import Part, PartKind
 from recopt.rng import stage_rng
 from recopt.runlog import log
 from recopt.runs import Run, common_users, join, summarise, user_slices
-from recopt.selection import (AlphaSearch, ColdRule, ReferenceChoice, Role, Selection, Stability, choose, edge,
+from recopt.selection import (KEY, AlphaSearch, ColdRule, ReferenceChoice, Role, Selection, Stability, choose, edge,
                               next_alphas)
 
 ENDPOINTS = (0.0, 1.0)
@@ -169,7 +169,7 @@ def _references(cfg: Config, data: EvalData, parts: dict[Part, PartResult]) -> d
             if method == "ease" else None
         out[method] = ReferenceChoice(part=Part(PartKind.REFERENCE, best.value, method),
                                       users=int(cands[0][1].summary["users_eval"]),
-                                      recall={float(p.value or 0): r.summary["recall@10"] for p, r in cands},
+                                      recall={float(p.value or 0): r.summary[KEY] for p, r in cands},
                                       items_covered=covered)
     return out
 
@@ -191,7 +191,17 @@ def _stability(cfg: Config, alpha_runs: dict[float, Run], base_runs: dict[str, R
 
 
 def run_tune(cfg: Config) -> FoldOutcome:
-    """Evaluate everything on validation and make every choice."""
+    """Evaluate everything on validation and make every choice.
+
+    Args:
+        cfg: the run's config; its candidates@tune, split@tune, embed_load@tune and cf_load@tune are read
+            (verified, and refused when built with other values).
+    Returns:
+        The fold's outcome: every run with its role, the Selection (alpha search, adaptive alpha, cold
+        rule, baselines, references, stability) and the passes behind them.
+    Raises:
+        RecoptError when an input is missing or stale, or the time limit left the pass partial.
+    """
     started = time.time()
     deadline = time.perf_counter() + cfg.evaluate.time_limit_total_s
     data = load_eval_data(cfg, "tune", reader="evaluate@tune")
@@ -224,12 +234,12 @@ def run_tune(cfg: Config) -> FoldOutcome:
     comparator = choose([(b, s, True) for b, s in cold_slice.items() if s["users_eval"] > 0])
     selection = Selection(
         alpha=AlphaSearch(chosen=chosen, grid=tuple(user_grid), tried=tuple(tried), added=tuple(added),
-                          recall={a: alpha_runs[a].summary["recall@10"] for a in tried}, edge=edge(tried, chosen),
+                          recall={a: alpha_runs[a].summary[KEY] for a in tried}, edge=edge(tried, chosen),
                           limit=limit),
         adaptive=_adaptive(data, parts, tried), cold=cold,
         cold_users=int(len(cold_candidates[0][1].users)),
-        cold_recall=tuple((rule, run.summary["recall@10"]) for rule, run in cold_candidates),
-        baseline=best_base, baseline_recall={b: r.summary["recall@10"] for b, r in base_runs.items()},
+        cold_recall=tuple((rule, run.summary[KEY]) for rule, run in cold_candidates),
+        baseline=best_base, baseline_recall={b: r.summary[KEY] for b, r in base_runs.items()},
         cold_comparator=comparator, references=_references(cfg, data, parts),
         stability=_stability(cfg, alpha_runs, base_runs, cold_candidates))
     runs = _report_runs(data, parts, selection, alpha_runs, base_runs, cold_candidates, seed_rule(cfg))
@@ -287,7 +297,15 @@ def test_parts(cfg: Config, sel: Selection) -> tuple[Part, ...]:
 
 
 def run_test(cfg: Config) -> FoldOutcome:
-    """Evaluate the validation choices (and, for information, every alpha tried there) on test."""
+    """Evaluate the validation choices (and, for information, every alpha tried there) on test.
+
+    Args:
+        cfg: the run's config; evaluate@tune's selection must be current for it.
+    Returns:
+        The fold's outcome with the intervals against alpha* and both gates (recopt.comparisons).
+    Raises:
+        RecoptError when the selection or an input is missing, stale or partial.
+    """
     started = time.time()
     sel = read_selection(cfg, "evaluate@test")
     deadline = time.perf_counter() + cfg.evaluate.time_limit_total_s

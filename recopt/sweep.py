@@ -28,9 +28,10 @@ from recopt.evaluate import EvalData, evaluate_parts, load_eval_data
 from recopt.layout import dump_json, job_file, save_arrays, sweep_file, sweep_jobs, write_text_atomic
 from recopt.methods import Part, PartKind
 from recopt.publish import print_mlflow_links, track
-from recopt.report import console_table, plot_alpha_curve, runs_table, to_markdown
+from recopt.metrics import INTERVAL, shown_in
+from recopt.report import PLOT_METRICS, console_table, plot_alpha_curve, runs_table, to_markdown
 from recopt.runs import Piece, Run, common_users, join, restrict, summarise
-from recopt.selection import ColdRule, Role, choose, config_cold_rule, run_label
+from recopt.selection import KEY, ColdRule, Role, choose, config_cold_rule, run_label
 from recopt.study import read_selection
 
 
@@ -52,8 +53,14 @@ def job_overrides(overrides: tuple[str, ...]) -> tuple[str, ...]:
 def evaluate_job(cfg: Config, fold: str, folder: Path, overrides: tuple[str, ...] = ()) -> float:
     """One Hydra job: `alpha` on `fold` (users without a factor from the fit: :func:`job_cold_rule`).
 
-    Writes the job's result (typed facts and per-user arrays) into `folder` for the sweep's comparison
-    and returns its Recall@10, the value an optimising sweeper maximises."""
+    Args:
+        cfg: the job's composed config (its `alpha` is the job's).
+        fold: the fold scored (evaluate.fold).
+        folder: where the job's result goes (recopt.layout.job_dir).
+        overrides: the job's Hydra overrides (the swept keys other than alpha name the run).
+    Returns:
+        Its Recall@10, the value an optimising sweeper maximises.
+    """
     started = time.time()
     data = load_eval_data(cfg, fold, reader=f"evaluate@{fold} (sweep job)")
     cold, why = job_cold_rule(cfg)
@@ -74,27 +81,42 @@ def evaluate_job(cfg: Config, fold: str, folder: Path, overrides: tuple[str, ...
         "batches": len(p.batches), "seconds": p.seconds, "started": started, "finished": time.time(),
         "summary": run.summary, "config": run.config}), "hydra.sweep.dir")
     state = "complete" if p.complete else f"PARTIAL ({len(p.done)} of {len(p.batches)} batches)"
-    print(f"{run_label(run)} on {HELDOUT[fold]}: recall@10 {run.summary['recall@10']:.4f}, map@10 "
-          f"{run.summary['map@10']:.4f}, ndcg@10 {run.summary['ndcg@10']:.4f} — {state}", flush=True)
-    return float(run.summary["recall@10"])
+    print(f"{run_label(run)} on {HELDOUT[fold]}: " + ", ".join(f"{m} {run.summary[m]:.4f}" for m in
+                                                               shown_in(INTERVAL)) + f" — {state}", flush=True)
+    return float(run.summary[KEY])
 
 
 def load_job(folder: Path, data: EvalData) -> tuple[Run, dict]:
     """A job's run, rebuilt from its typed facts and arrays."""
-    info = json.loads(job_file(folder, "result").read_text())
-    cold = ColdRule.from_json(info["cold_rule"])
-    with np.load(job_file(folder, "arrays")) as z:
-        run = Run(role=Role.SWEEP_JOB, pieces=tuple(Piece(p) for p in (Part(PartKind.ALPHA, info["alpha"]), *cold.parts)),
-                  users=z["users"], top=z["top"], per_user={n[2:]: z[n] for n in z.files if n.startswith("m.")},
-                  seconds=info["seconds"], complete=info["complete"], overrides=tuple(info["overrides"]),
-                  config=info["config"], cold_from_config=info["cold_from_config"])
+    try:
+        info = json.loads(job_file(folder, "result").read_text())
+        cold = ColdRule.from_json(info["cold_rule"])
+        with np.load(job_file(folder, "arrays")) as z:
+            run = Run(role=Role.SWEEP_JOB,
+                      pieces=tuple(Piece(p) for p in (Part(PartKind.ALPHA, info["alpha"]), *cold.parts)),
+                      users=z["users"], top=z["top"], per_user={n[2:]: z[n] for n in z.files if n.startswith("m.")},
+                      seconds=info["seconds"], complete=info["complete"], overrides=tuple(info["overrides"]),
+                      config=info["config"], cold_from_config=info["cold_from_config"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RecoptError(f"{folder}: this job's result cannot be read ({type(err).__name__}: {err}) — it was not "
+                          "written by this version of recopt or was damaged; re-run the sweep") from None
     run.summary = summarise(run, data)
     return run, info
 
 
 def compare_sweep(cfg: Config, sweep_dir: Path, kind: str = "sweep") -> pl.DataFrame:
     """After a Hydra multirun (or a single run): the baselines on the same fold, then every job compared
-    on the users all of them finished (a partial job is shown, never chosen); MLflow parent + children."""
+    on the users all of them finished (a partial job is shown, never chosen); MLflow parent + children.
+
+    Args:
+        cfg: the sweep's composed config.
+        sweep_dir: the sweep's folder (each job's result in a sub-folder).
+        kind: "sweep" or "single", in the MLflow parent's name.
+    Returns:
+        The comparison table (also written to comparison.csv / .md in `sweep_dir`).
+    Raises:
+        RecoptError when no job wrote a result or one cannot be read.
+    """
     fold = cfg.evaluate.fold
     jobs = sweep_jobs(sweep_dir)
     if not jobs:
@@ -117,9 +139,9 @@ def compare_sweep(cfg: Config, sweep_dir: Path, kind: str = "sweep") -> pl.DataF
     write_text_atomic(sweep_file(sweep_dir, "comparison.md"), to_markdown(table) + "\n", "hydra.sweep.dir")
     jobs_done = [r for r in compared if r.role in (Role.SWEEP_BEST, Role.SWEEP_JOB)]
     if jobs_done:  # recall against alpha, for the MLflow parent (the compare view's chart)
-        curve = pl.DataFrame([{"alpha": r.alpha, **{m: r.summary[m] for m in ("recall@10", "ndcg@10", "coverage@10")}}
+        curve = pl.DataFrame([{"alpha": r.alpha, **{m: r.summary[m] for m in PLOT_METRICS}}
                               for r in jobs_done]).sort("alpha")
-        plot_alpha_curve({HELDOUT[fold]: curve}, {run_label(r): r.summary["recall@10"] for r in compared
+        plot_alpha_curve({HELDOUT[fold]: curve}, {run_label(r): r.summary[KEY] for r in compared
                                                   if r.role == Role.BASELINE}, best.alpha if best else None,
                          sweep_file(sweep_dir, "alpha_curve.png"), baselines_on=HELDOUT[fold])
     started = min(info["started"] for _, info in loaded)

@@ -30,7 +30,7 @@ def test_bootstrap_means_are_the_means_of_the_users_each_sample_draws(monkeypatc
     values = np.random.default_rng(0).random((40, 3))
     got = c.paired_bootstrap(values, 25, np.random.default_rng(7))
     rng = np.random.default_rng(7)
-    want = np.array([values[rng.integers(0, 40, size=(1, 40))[0]].mean(axis=0) for _ in range(25)])
+    want = np.array([values[rng.integers(0, 40, size=(1, 40), dtype=np.int32)[0]].mean(axis=0) for _ in range(25)])
     assert got.shape == (25, 3)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
 
@@ -38,7 +38,7 @@ def test_bootstrap_means_are_the_means_of_the_users_each_sample_draws(monkeypatc
 def test_bootstrap_means_in_one_block_match_the_same_draws_by_fancy_indexing():
     values = np.random.default_rng(1).normal(size=(60, 2))
     got = c.paired_bootstrap(values, 50, np.random.default_rng(3))
-    idx = np.random.default_rng(3).integers(0, 60, size=(50, 60))
+    idx = np.random.default_rng(3).integers(0, 60, size=(50, 60), dtype=np.int32)
     np.testing.assert_allclose(got, values[idx].mean(axis=1), rtol=1e-12, atol=1e-15)
 
 

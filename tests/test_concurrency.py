@@ -77,3 +77,20 @@ def test_two_runs_of_the_same_alpha_at_once_agree(repo: Path) -> None:
                if any(n.startswith("alpha=0.3,") for n in names) and "baseline=popularity" in names]
     assert len(singles) == 2
     assert not list((repo / "data/checkpoints").rglob("*.tmp.npz"))
+
+
+def test_a_failure_in_the_sweeps_end_of_run_work_exits_non_zero(repo: Path) -> None:
+    """Hydra turns an exception raised in a callback into a warning and exits 0; recopt's callback turns it into
+    one message and a non-zero status (here the comparison raises what a broken MLflow store raised)."""
+    driver = ("import sys, stages.evaluate as ev\n"
+              "def boom(*args, **kwargs):\n"
+              "    raise RuntimeError('table _alembic_tmp_experiments already exists')\n"
+              "ev.compare_sweep = boom\n"
+              "sys.argv = ['stages.evaluate', '-m', 'alpha=0.5', 'data.preset=tiny']\n"
+              "ev.run(ev.main, usage=ev.USAGE, hydra_overrides=('+hydra.callbacks.sweep_table._target_="
+              "stages.evaluate.SweepTable',))\n")
+    proc = subprocess.run(["python", "-c", driver], cwd=repo, env=tool_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "error: RuntimeError: table _alembic_tmp_experiments already exists" in proc.stderr
+    assert "Traceback" not in proc.stderr and "raised RuntimeError" not in proc.stderr

@@ -5,6 +5,7 @@ is the content-only rule, beta = 1 ranks by the prior, warm users ignore beta)."
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -375,3 +376,23 @@ def test_without_an_alpha_every_user_gets_the_content_prior_rule_whatever_collab
     np.testing.assert_allclose(hybrid, want, rtol=1e-6)
     with_alpha, _ = served_scores(n, 0.5, 0.25, prior, _rerank())
     assert not np.allclose(with_alpha[:3], want[:3]) and np.allclose(with_alpha[3:], want[3:])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.35, 0.4321, 1.0, 0.123456789])
+@pytest.mark.parametrize("weights", [(0.05, 0.03, 0.02), (0.0, 0.0, 0.0), (0.11, 0.07, 0.013)])
+def test_the_compiled_blend_and_final_scores_give_the_bits_of_the_numpy_float32_expressions(alpha, weights):
+    """Oracle: the float32 numpy expressions the compiled loops replace (one rounding per operation)."""
+    rng = np.random.default_rng(7)
+    n = 20_000
+    content, collab = rng.random(n).astype(np.float32), rng.random(n).astype(np.float32)
+    content[rng.random(n) < 0.2], collab[rng.random(n) < 0.2] = np.nan, np.nan
+    q, r, p = (rng.random(n).astype(np.float32) for _ in range(3))
+    cfg = dataclasses.replace(_rerank(), w_quality=weights[0], w_recency=weights[1], w_provider=weights[2])
+    has_c, has_f = ~np.isnan(content), ~np.isnan(collab)
+    mixed = alpha * np.nan_to_num(content) + (1.0 - alpha) * np.nan_to_num(collab)
+    want = np.where(has_c & has_f, mixed, np.where(has_f, collab, np.where(has_c, content, 0.0))).astype(np.float32)
+    hybrid = blend(content, collab, alpha)
+    np.testing.assert_array_equal(hybrid.view(np.int32), want.view(np.int32))
+    w = 1.0 - sum(weights)
+    want_final = np.clip(w * hybrid + weights[0] * q + weights[1] * r + weights[2] * p, 0.0, 1.0).astype(np.float32)
+    np.testing.assert_array_equal(final_scores(hybrid, q, r, p, cfg).view(np.int32), want_final.view(np.int32))

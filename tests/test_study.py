@@ -128,3 +128,17 @@ def test_dvc_metrics_hold_the_configured_alphas_run_next_to_alpha_stars(tuned, t
                                                                       abs=1e-6)
         assert star["share"] == pytest.approx(out.selection.alpha_star_share, abs=1e-4)
     assert docs[0.5]["alpha"] != docs[0.65]["alpha"] and docs[0.5]["star"] == docs[0.65]["star"]
+
+
+def test_a_candidate_cap_below_the_list_length_is_said_with_the_numbers(tuned, caplog) -> None:
+    from recopt.study import preflight
+
+    cfg, _ = tuned
+    small = dataclasses.replace(cfg, candidates=dataclasses.replace(cfg.candidates, c_max=7))
+    with caplog.at_level("WARNING", logger="recopt"):
+        preflight(small)
+    assert "candidates.c_max=7 is below rerank.k_final=50: every pool-ranked list holds at most 7 items" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="recopt"):
+        preflight(cfg)
+    assert "c_max" not in caplog.text
