@@ -9,7 +9,7 @@ temporary store holding one parent with three children) and saves:
   1-experiment-default.png   the experiment as the UI opens it (no view applied)
   2-runs-saved-view.png      the training-runs page in recopt's saved view (the link `dvc repro` prints)
   3-child-run.png            the alpha* run of the test fold (--demo: a child): dataset, parent, tags, metrics
-  4-child-artifacts.png      its artifacts (slice table, per-user metrics)
+  4-child-artifacts.png      its artifacts (slice table)
   5-run-as-linked.png        the same run from the link the runs table builds (no workflowType)
 
 MLflow 3.17/3.18's UI picks an experiment's page from the link's `workflowType` or else from the
@@ -20,23 +20,15 @@ browser's remembered GenAI / Model training switch (GenAI in a fresh browser), n
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--window-size=1600,1000", "--virtual-time-budget=20000"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shot(url: str, out: Path) -> None:
@@ -65,31 +57,24 @@ def main() -> None:
     star = client.search_runs([exp.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
                               filter_string="tags.`recopt.chosen` = 'alpha* (validation)' and tags.`recopt.fold` = 'test'"
                               if not demo else "tags.`recopt.run` = 'alpha=0.5'")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from recopt import tracking
+
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        args.out.mkdir(parents=True, exist_ok=True)
-        e = exp.experiment_id
-        shot(f"{base}/#/experiments/{e}", args.out / "1-experiment-default.png")
-        shot(f"{base}/#/experiments/{e}/runs?workflowType=machine_learning&viewStateShareKey=recopt",
-             args.out / "2-runs-saved-view.png")
-        if star:
-            run = star[0].info.run_id
-            shot(f"{base}/#/experiments/{e}/runs/{run}?workflowType=machine_learning", args.out / "3-child-run.png")
-            shot(f"{base}/#/experiments/{e}/runs/{run}/artifacts?workflowType=machine_learning",
-                 args.out / "4-child-artifacts.png")
-            shot(f"{base}/#/experiments/{e}/runs/{run}", args.out / "5-run-as-linked.png")
+        with tracking.ui_server(uri) as base:
+            args.out.mkdir(parents=True, exist_ok=True)
+            e = exp.experiment_id
+            shot(f"{base}/#/experiments/{e}", args.out / "1-experiment-default.png")
+            shot(f"{base}/#/experiments/{e}/runs?workflowType=machine_learning&viewStateShareKey=recopt",
+                 args.out / "2-runs-saved-view.png")
+            if star:
+                run = star[0].info.run_id
+                shot(f"{base}/#/experiments/{e}/runs/{run}?workflowType=machine_learning",
+                     args.out / "3-child-run.png")
+                shot(f"{base}/#/experiments/{e}/runs/{run}/artifacts?workflowType=machine_learning",
+                     args.out / "4-child-artifacts.png")
+                shot(f"{base}/#/experiments/{e}/runs/{run}", args.out / "5-run-as-linked.png")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         if demo:
             demo.cleanup()
 

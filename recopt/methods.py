@@ -16,7 +16,7 @@ fit by its alpha part and every other user by the chosen cold rule.
 
 :func:`evaluate_batch` is a pure function of (shared arrays, batch): it normalises the
 pool once, then ranks and measures every part. A part's name carries its exact values
-(shortest round-trip repr, ``alpha=0.125`` vs ``alpha=0.12``): it keys its checkpoints.
+(shortest round-trip repr: 0.125 vs 0.12): it keys its checkpoints.
 """
 
 from __future__ import annotations
@@ -62,17 +62,9 @@ class Part:
 
     @property
     def name(self) -> str:
-        """Its identity as text (checkpoint folders; recopt.selection makes the labels people read)."""
-        mmr = "" if self.mmr is None else f":mmr={self.mmr!r}"
-        if self.kind == PartKind.ALPHA:
-            return f"alpha={self.value!r}"
-        if self.kind == PartKind.COLD:
-            return f"cold:beta={self.value!r}:{self.method}{mmr}"
-        if self.kind == PartKind.FOLDIN:
-            return f"foldin:alpha={self.value!r}{mmr}"
-        if self.kind == PartKind.BASELINE:
-            return f"baseline={self.method}"
-        return f"reference={self.method}:{self.setting_name}={self.setting!r}"
+        """Its identity as text: every field, values exact (keys its checkpoints; the labels people read
+        are recopt.selection's)."""
+        return ":".join((self.kind.value, repr(self.value), str(self.method), repr(self.mmr)))
 
     @property
     def setting_name(self) -> str:

@@ -38,6 +38,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -405,3 +406,29 @@ def log_family(cfg: Config, parent: RunRecord, children: list[RunRecord],
                         round(locked - waiting, 3))
     log.info("MLflow: %r and its %d runs logged in %.1f s", parent.name, len(children), done.seconds)
     return done
+
+
+@contextlib.contextmanager
+def ui_server(uri: str) -> Iterator[str]:
+    """`mlflow ui` on the store `uri`, on a free local port, for as long as the block runs; yields its base
+    URL once it answers (for screenshots and browser tests)."""
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

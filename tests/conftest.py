@@ -94,16 +94,19 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-def chromium_dom(page: Path, budget_ms: int = 15000) -> str:
-    """The DOM headless Chromium builds for a local page, with every network service off (skips the test
-    when Chromium is not installed: `apt-get install -y chromium`)."""
+def chromium_dom(page: Path | str, budget_ms: int = 15000) -> str:
+    """The DOM headless Chromium builds for a local file (with the network cut off: a dead proxy) or a URL,
+    its background network services off (skips the test when Chromium is not installed:
+    `apt-get install -y chromium`)."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
         pytest.skip("headless Chromium is not installed (apt-get install -y chromium)")
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                                "--disable-component-update", "--disable-sync", "--no-first-run",
-                               "--proxy-server=127.0.0.1:9", f"--user-data-dir={profile}",
-                               f"--virtual-time-budget={budget_ms}", "--dump-dom", page.resolve().as_uri()],
+                               *(["--proxy-server=127.0.0.1:9"] if isinstance(page, Path) else []),
+                               f"--user-data-dir={profile}", "--window-size=1400,900",
+                               f"--virtual-time-budget={budget_ms}", "--dump-dom",
+                               page.resolve().as_uri() if isinstance(page, Path) else page],
                               capture_output=True, text=True, timeout=120)
     return proc.stdout

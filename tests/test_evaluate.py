@@ -80,7 +80,7 @@ def test_to_markdown_formats_floats_ints_strings_and_nulls():
 @pytest.mark.parametrize(("a", "b"), [(0.12, 0.125), (0.35, 0.351), (0.5, 0.5000001)])
 def test_run_names_carry_the_exact_value(a, b):
     assert Part(ALPHA, a).name != Part(ALPHA, b).name
-    assert Part(ALPHA, a).name == f"alpha={a!r}"
+    assert repr(a) in Part(ALPHA, a).name.split(":")  # the exact value, not a rounded one
     assert Part(COLD, a, "popularity").name != Part(COLD, b, "popularity").name
 
 

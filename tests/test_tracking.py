@@ -6,14 +6,12 @@ their own times, a run is one log_batch, and the links open the training-runs pa
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from recopt import tracking
 from recopt.config import Config
 from recopt.errors import RecoptError
-from tests.conftest import ROOT, tmp_config, tool_env
+from tests.conftest import chromium_dom, ROOT, tmp_config, tool_env
 
 
 @pytest.fixture
@@ -353,28 +351,6 @@ def test_the_experiment_and_every_printed_link_ask_for_the_training_runs_view(cf
         f"/#/experiments/{done.experiment_id}/runs/{done.parent_id}?workflowType=machine_learning")
 
 
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return name
-    pytest.skip("no chromium (apt-get install -y chromium)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def dom(browser: str, url: str, tmp: Path) -> str:
-    profile = tmp / f"profile-{time.monotonic_ns()}"
-    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                           f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--window-size=1400,900",
-                           "--dump-dom", url], capture_output=True, text=True, timeout=90)
-    return proc.stdout
-
-
 def test_the_printed_links_open_the_training_runs_page_in_a_browser(tmp_path: Path, cfg: Config) -> None:
     """The links recopt prints open the training-runs page and a run as a training run. A bare
     experiment link opens on the GenAI overview in MLflow <= 3.18's UI whatever the store says (it
@@ -382,30 +358,15 @@ def test_the_printed_links_open_the_training_runs_page_in_a_browser(tmp_path: Pa
     import mlflow
     from packaging.version import Version
 
-    browser = chromium()
     parent, kids = family(2)
     done = tracking.log_family(cfg, parent, kids, None)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.paths.mlflow_uri,
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env=tool_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    host = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{host}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        page = dom(browser, tracking.ui_url(cfg, host), tmp_path)
+    with tracking.ui_server(cfg.paths.mlflow_uri) as host:
+        page = chromium_dom(tracking.ui_url(cfg, host))
         assert f'href="#/experiments/{done.experiment_id}/runs/{done.parent_id}"' in page  # the runs table
         assert ">Runs<" in page and "Evaluation runs" not in page
-        run = dom(browser, tracking.run_url(done.experiment_id, done.parent_id, host), tmp_path)
+        run = chromium_dom(tracking.run_url(done.experiment_id, done.parent_id, host))
         assert 'data-testid="experiment-observatory-link-runs"' in run
         assert ">Runs<" in run and ">Evaluations<" not in run
-        bare = dom(browser, f"{host}/#/experiments/{done.experiment_id}", tmp_path)
+        bare = chromium_dom(f"{host}/#/experiments/{done.experiment_id}")
         follows_tag = Version(mlflow.__version__) > Version("3.18.0")
         assert ("Evaluation runs" not in bare) == follows_tag, "MLflow's UI changed how it picks the experiment page"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
