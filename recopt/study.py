@@ -216,7 +216,8 @@ def run_tune(cfg: Config) -> FoldOutcome:
     chosen = choose([(a, alpha_runs[a].summary, True) for a in tried])
     added: list[float] = []
     limit = cfg.evaluate.alpha_search_points
-    while points := next_alphas(tried, chosen, user_grid, limit - len(added)):
+    # the search steps by evaluate.alphas' spacing: setting `alpha` (an experiment's value) never refines it
+    while points := next_alphas(tried, chosen, cfg.evaluate.alphas, limit - len(added)):
         new = tuple(Part(PartKind.ALPHA, a) for a in points if Part(PartKind.ALPHA, a) not in parts)
         if new:
             passes.append(_pass(cfg, data, new, deadline, f"alpha search {', '.join(map(repr, points))}"))
