@@ -51,23 +51,23 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """The tiny pipeline on engine=local in batches of 32 users: the reference artifacts."""
     from recopt.ingest import ingest
     from recopt.split import run_split
-    from recopt.sweep import evaluate_fold
+    from recopt.study import run_tune
 
     cfg = tmp_config(tmp_path_factory.mktemp("local"), "data.preset=tiny", "candidates.batch_users=32",
                      "evaluate.references=[]")
     ingest(cfg)
     run_split(cfg)
     build_folds(cfg, ("tune",))
-    evaluate_fold(cfg, "tune")
+    run_tune(cfg)
     return cfg
 
 
 def _run(cfg: Config) -> None:
     from recopt.pools import run_candidates
-    from recopt.sweep import evaluate_fold
+    from recopt.study import run_tune
 
     run_candidates(cfg, "tune")
-    evaluate_fold(cfg, "tune")
+    run_tune(cfg)
 
 
 def _same_as_local(local: Config, other: Config) -> None:
@@ -143,5 +143,7 @@ def test_hydra_sweep_on_the_ray_launcher_logs_every_run(tmp_path: Path) -> None:
     exp = client.get_experiment_by_name("recopt")
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`recopt.sweep` = 'hydra-{csv.parent.name}'")
     names = sorted(r.data.tags.get("recopt.run", "<parent>") for r in runs)
-    assert names.count("alpha=0.2") == 1 and names.count("alpha=0.9") == 1 and names.count("<parent>") == 1
+    jobs = [n.split(",")[0] for n in names if n.startswith("alpha=")]  # no evaluate@tune: the config's cold rule
+    assert sorted(jobs) == ["alpha=0.2", "alpha=0.9"] and names.count("<parent>") == 1
+    assert all(n.endswith("(from the config)") for n in names if n.startswith("alpha="))
     assert json.loads((csv.parent / "0" / "result.json").read_text())["complete"]
