@@ -278,7 +278,7 @@ def evaluate_batch(shared: Shared, task: Task) -> dict[Part, PartBatch]:
                                shared.item_has_cf, p["user"], p["item"])
         norm = normalise_pool(p["user"], p["item"], collab, p["content"], p["provider"], shared.quality,
                               shared.recency, shared.cfg.rerank.missing_collab)
-        pool_sizes = np.bincount(np.searchsorted(task.users, p["user"]), minlength=len(task.users))
+        pool_sizes = np.bincount(p["user"], minlength=len(shared.user_has_cf))[task.users]  # O(rows), no search
     has_cf, folded = shared.user_has_cf[task.users], shared.user_folded[task.users]
     sampled = shared.user_sampled[task.users]
     views: dict[PartKind, Normalised] = {}  # the pool rows of the users a kind of part serves, cut once per batch
