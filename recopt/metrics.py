@@ -227,7 +227,8 @@ def mlflow_key(name: str) -> str:
 # --------------------------------------------------------------------------- the registry
 # Every metric recopt computes, in the order tables show them, with the views that show it.
 # Adding a metric is one entry here (and its function above).
-CONSOLE, TUNING, HEADLINE, INTERVAL, VIEW, SLICE = "console", "tuning", "headline", "interval", "mlflow_view", "slice"
+CONSOLE, TUNING, HEADLINE, INTERVAL, VIEW, SLICE, PLOT = ("console", "tuning", "headline", "interval", "mlflow_view",
+                                                          "slice", "plot")  # PLOT: the panels of alpha_curve.png
 HEADLINE_K = 10  # the cutoff of every headline figure (selection and gates use recall@10)
 
 
@@ -276,14 +277,14 @@ def _cold_item_share(inp: ListInputs, k: int) -> FloatArray:
 
 _ALL = (CONSOLE, TUNING, HEADLINE, INTERVAL, VIEW, SLICE)
 REGISTRY: tuple[Metric, ...] = (
-    Metric("recall", "ranking", lambda i, k: recall_at_k(i.hits, i.n_relevant, k), _ALL),
+    Metric("recall", "ranking", lambda i, k: recall_at_k(i.hits, i.n_relevant, k), (*_ALL, PLOT)),
     Metric("map", "ranking", lambda i, k: average_precision_at_k(i.hits, i.n_relevant, k), _ALL),
-    Metric("ndcg", "ranking", lambda i, k: ndcg_at_k(i.hits, i.n_relevant, k), _ALL),
+    Metric("ndcg", "ranking", lambda i, k: ndcg_at_k(i.hits, i.n_relevant, k), (*_ALL, PLOT)),
     Metric("precision", "ranking", lambda i, k: precision_at_k(i.hits, k), ()),
     Metric("mrr", "ranking", lambda i, k: reciprocal_rank(i.hits, k), (TUNING,)),
     Metric("hit_rate", "ranking", lambda i, k: hit_rate_at_k(i.hits, k), (TUNING,)),
     Metric("coverage", "catalog", lambda top, share: coverage_at_k(top, len(share), HEADLINE_K),
-           (CONSOLE, TUNING, HEADLINE, VIEW)),
+           (CONSOLE, TUNING, HEADLINE, VIEW, PLOT)),
     Metric("novelty", "catalog", lambda top, share: novelty_at_k(top, share, HEADLINE_K),
            (CONSOLE, TUNING, HEADLINE, VIEW)),
     Metric("diversity", "list", lambda i, k: diversity_at_k(i.ranked, i.embeddings, k), (TUNING,)),

@@ -22,7 +22,7 @@ from recopt.selection import ALPHA_ROLES, COLD_ROLES, KEY, Role, Selection, part
 # paths.runs/evaluate@<fold>.json and in MLflow, never in a DVC-tracked table (identical results hash alike).
 USER_COLUMNS = ["alpha", "users_eval", "users_skipped", "mean_cand", "recall@10", "map@10", "alpha_timed_out"]
 CONSOLE_COLD_ROWS = 3  # cold-rule rows the console shows besides the chosen one
-PLOT_METRICS = ("recall@10", "ndcg@10", "coverage@10")  # the panels of alpha_curve.png
+PLOT_METRICS = tuple(metrics.shown_in(metrics.PLOT))  # the panels of alpha_curve.png (the registry's plot view)
 
 
 def _row(r: Run, skipped: int, ks: list[int], with_time: bool) -> dict[str, Any]:
@@ -222,7 +222,7 @@ def plot_alpha_curve(curves: dict[str, pl.DataFrame], baselines: dict[str, float
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, len(PLOT_METRICS), figsize=(14, 4))
     for fold, t in curves.items():
         x = t["alpha"].to_numpy()
         style = "-" if fold == "validation" else "--"
@@ -234,7 +234,7 @@ def plot_alpha_curve(curves: dict[str, pl.DataFrame], baselines: dict[str, float
                         label=f"{name} ({baselines_on})")
     for ax, title in zip(axes, PLOT_METRICS):
         if alpha_star is not None:
-            ax.axvline(alpha_star, color="grey", linewidth=1, label="alpha* (validation)" if ax is axes[0] else None)
+            ax.axvline(alpha_star, color="grey", linewidth=1, label=role_label(Role.ALPHA_STAR) if ax is axes[0] else None)
         ax.set_title(title)
         ax.set_xlabel("alpha (content weight)")
         ax.grid(alpha=0.3)
